@@ -1,0 +1,138 @@
+"""Every touch of aiortc's and aioice's private internals lives here.
+
+Written against aiortc 1.16.0 and aioice 0.13.0. aiortc has no public hook
+for encoded media (upstream #55, #449): the receiver always decodes and the
+sender only forwards through ``Encoder.pack()``. We tap the receiver after
+RTX unwrap and depayloading, before its jitter buffer, and give each sender a
+packer that never opens a codec. The import fails with a clear message when
+the installed versions do not have what this module relies on.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from collections.abc import Callable
+from typing import Any
+
+import aioice
+import aioice.ice
+import aiortc
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs.base import Encoder
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.mediastreams import convert_timebase
+from aiortc.rtp import RtpPacket
+
+AIORTC_VERSION = "1.16.0"
+AIOICE_VERSION = "0.13.0"
+
+
+def _check() -> None:
+    problems = []
+    if aiortc.__version__ != AIORTC_VERSION:
+        problems.append(f"aiortc {aiortc.__version__} is installed, Relay needs {AIORTC_VERSION}")
+    if aioice.__version__ != AIOICE_VERSION:
+        problems.append(f"aioice {aioice.__version__} is installed, Relay needs {AIOICE_VERSION}")
+    needs = [
+        (RTCRtpReceiver.__init__, "_RTCRtpReceiver__jitter_buffer"),
+        (RTCRtpReceiver._handle_rtp_packet, "_RTCRtpReceiver__jitter_buffer"),
+        (RTCRtpSender.__init__, "_RTCRtpSender__encoder"),
+        (RTCRtpSender._next_encoded_frame, "_RTCRtpSender__encoder"),
+        (RTCRtpSender._handle_rtcp_packet, "_send_keyframe"),
+        (aioice.ice.Connection.gather_candidates, "get_host_addresses"),
+        (aioice.ice.Connection.query_consent, "CONSENT_FAILURES"),
+    ]
+    for func, name in needs:
+        if name not in func.__code__.co_names:
+            problems.append(f"{func.__qualname__} no longer uses {name}")
+    if not hasattr(RTCRtpReceiver, "_send_rtcp_pli"):
+        problems.append("RTCRtpReceiver._send_rtcp_pli is gone")
+    if problems:
+        raise ImportError(
+            "relay.aiortc_patch: the installed aiortc/aioice do not match what the "
+            "pass-through path was written for: " + "; ".join(problems)
+            + f". Install aiortc=={AIORTC_VERSION} (pip install -e .)."
+        )
+
+
+_check()
+
+
+def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> None:
+    """Send every depayloaded packet to `on_packet` instead of the decoder.
+
+    Replaces the receiver's jitter buffer ``add`` (rtcrtpreceiver.py:551):
+    returning ``(False, None)`` means nothing is ever queued for decoding, so
+    the decoder thread idles and no decoder is created. ``packet.ssrc`` is the
+    media SSRC (RTX is already unwrapped) and ``packet._data`` the payload
+    without its RTP payload descriptor (Annex-B for H.264).
+    """
+    jitter_buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+
+    def add(packet: RtpPacket) -> tuple[bool, None]:
+        on_packet(packet)
+        return False, None
+
+    jitter_buffer.add = add
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Ask the publisher for a keyframe (RTCP PSFB PLI)."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Route a viewer's PLI/FIR to `callback`; the stock sender only flags its encoder."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+_OPUS_CLOCK = Fraction(1, 48000)
+
+
+class _OpusPacker(Encoder):
+    """Opus needs no packetizing; aiortc's OpusEncoder would open a libopus context."""
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        raise RuntimeError("pass-through sender cannot encode")
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, _OPUS_CLOCK)
+
+
+_PACKERS: dict[str, Callable[[], Encoder]] = {
+    "video/vp8": Vp8Encoder,  # opens libvpx only in encode(), which we never call
+    "video/h264": H264Encoder,
+    "audio/opus": _OpusPacker,
+}
+
+
+def use_packer(sender: RTCRtpSender, mime_type: str) -> None:
+    """Give the sender a pack-only encoder, so no codec context is ever opened."""
+    sender._RTCRtpSender__encoder = _PACKERS[mime_type.lower()]()  # type: ignore[attr-defined]
+
+
+def restrict_host_addresses(addresses: list[str]) -> None:
+    """Gather host candidates only on `addresses` (process-wide in aioice).
+
+    aioice also never offers 127.0.0.1, which a loopback-only test namespace needs.
+    """
+    if not addresses:
+        aioice.ice.get_host_addresses = _default_host_addresses
+        return
+    pinned = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in pinned if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+_default_host_addresses = aioice.ice.get_host_addresses
+
+
+def set_consent_timeout(seconds: float) -> None:
+    """Detect a vanished peer within about `seconds` (aioice's default is 30 s)."""
+    aioice.ice.CONSENT_INTERVAL = 2
+    aioice.ice.CONSENT_FAILURES = max(1, math.ceil(seconds / 2))

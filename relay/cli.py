@@ -1,0 +1,55 @@
+"""`relay` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from .config import ConfigError, load_config
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"relay: bad config: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        config.server.host = args.host
+    if args.port is not None:
+        config.server.port = args.port
+    app = create_app(config)
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        shutdown_timeout=config.server.shutdown_grace,
+        print=lambda msg: print(f"relay: serving on http://{config.server.host}:{config.server.port}", flush=True),
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description="WebRTC broadcast relay (WHIP in, WHEP out)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve", help="run the server")
+    p.add_argument("--config", help="YAML settings file (default: embedded defaults)")
+    p.add_argument("--host", help="listen address (overrides server.host)")
+    p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.set_defaults(func=serve)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Settings: embedded defaults, overridden by an optional YAML file.
+
+Every setting is a dataclass field, so the defaults live in one place and a
+typo in the file is caught at start ("unknown key 'server.prot'") instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    max_body_bytes: int = 64 * 1024
+    shutdown_grace: float = 5.0
+
+
+@dataclass
+class IceServer:
+    urls: list[str] = field(default_factory=list)
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass
+class IceConfig:
+    servers: list[IceServer] = field(default_factory=list)
+    host_addresses: list[str] = field(default_factory=list)
+    connect_timeout: float = 15.0
+    consent_timeout: float = 10.0
+
+
+@dataclass
+class CodecConfig:
+    video: list[str] = field(default_factory=lambda: ["VP8", "H264"])
+    audio: list[str] = field(default_factory=lambda: ["opus"])
+
+
+@dataclass
+class ForwardConfig:
+    viewer_queue_frames: int = 90
+    hole_wait: float = 0.2
+    keyframe_min_interval: float = 0.5
+    keyframe_retry_interval: float = 1.0
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ice: IceConfig = field(default_factory=IceConfig)
+    codecs: CodecConfig = field(default_factory=CodecConfig)
+    forwarding: ForwardConfig = field(default_factory=ForwardConfig)
+
+
+VIDEO_CODECS = {"VP8", "H264"}
+AUDIO_CODECS = {"opus"}
+
+
+def _convert(value: Any, kind: Any, key: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return None if value is None else _convert(value, options[0], key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(kind)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, key)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _build(cls: Any, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{full}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _convert(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> None:
+    if not 0 < config.server.port < 65536:
+        raise ConfigError(f"server.port: {config.server.port} is not a TCP port (1-65535)")
+    for i, name in enumerate(config.codecs.video):
+        if name not in VIDEO_CODECS:
+            raise ConfigError(f"codecs.video[{i}]: {name!r} is not one of {sorted(VIDEO_CODECS)}")
+    for i, name in enumerate(config.codecs.audio):
+        if name not in AUDIO_CODECS:
+            raise ConfigError(f"codecs.audio[{i}]: {name!r} is not one of {sorted(AUDIO_CODECS)}")
+    if not config.codecs.video and not config.codecs.audio:
+        raise ConfigError("codecs: at least one video or audio codec is needed")
+    for i, server in enumerate(config.ice.servers):
+        if not server.urls:
+            raise ConfigError(f"ice.servers[{i}].urls: at least one stun:/turn: URL is needed")
+        for url in server.urls:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ConfigError(f"ice.servers[{i}].urls: {url!r} must start with stun: or turn:")
+    for key in ("connect_timeout", "consent_timeout"):
+        if getattr(config.ice, key) <= 0:
+            raise ConfigError(f"ice.{key}: must be a positive number of seconds")
+    if config.forwarding.viewer_queue_frames < 2:
+        raise ConfigError("forwarding.viewer_queue_frames: must be at least 2")
+
+
+def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> Config:
+    """Defaults, overridden by the YAML file at `path` or the mapping `data`."""
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    config = _build(Config, data, "")
+    _validate(config)
+    return config

@@ -1,0 +1,141 @@
+"""Reading clients' SDP: offers (RFC 8866) and trickle fragments (RFC 8840).
+
+Offers are checked before any peer connection exists, so a bad offer costs
+nothing and the client learns exactly what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpReceiver
+from aiortc.rtcpeerconnection import find_common_codecs
+from aiortc.sdp import SessionDescription
+
+CODEC_MIME = {"VP8": "video/VP8", "H264": "video/H264", "opus": "audio/opus"}
+CODEC_HINT = {
+    "video/vp8": "VP8",
+    "video/h264": "H.264 constrained baseline (profile-level-id 42e01f or 42001f) "
+    "with packetization-mode=1",
+    "audio/opus": "Opus",
+}
+
+
+class SdpError(ValueError):
+    """The SDP cannot be used; the message says what to fix."""
+
+
+@dataclass
+class Media:
+    kind: str
+    direction: str
+    codecs: list[RTCRtpCodecParameters]
+
+
+@dataclass
+class Offer:
+    sdp: str
+    media: list[Media]
+
+    def kinds(self) -> list[str]:
+        return [m.kind for m in self.media]
+
+
+def parse_offer(text: str) -> Offer:
+    if not text.lstrip().startswith("v=0"):
+        raise SdpError("the body is not an SDP offer: it must start with 'v=0'")
+    try:
+        description = SessionDescription.parse(text)
+    except Exception as exc:  # aiortc's parser raises whatever the bad line provokes
+        raise SdpError(f"the SDP offer could not be parsed ({type(exc).__name__}: {exc})") from None
+    media = []
+    for m in description.media:
+        if m.kind not in ("audio", "video"):
+            continue
+        if m.port == 0:
+            continue
+        media.append(Media(m.kind, m.direction or "sendrecv", list(m.rtp.codecs)))
+    if not media:
+        raise SdpError("the SDP offer has no audio or video m= section")
+    kinds = [m.kind for m in media]
+    if kinds.count("audio") > 1 or kinds.count("video") > 1:
+        raise SdpError("offer at most one audio and one video track (one MediaStream)")
+    for m in media:
+        if not m.codecs:
+            raise SdpError(f"the {m.kind} m= section lists no codec (a=rtpmap)")
+    return Offer(text, media)
+
+
+def capabilities(mime: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for one codec, with RTX so retransmission stays on."""
+    kind = mime.split("/")[0]
+    return [
+        c
+        for c in RTCRtpReceiver.getCapabilities(kind).codecs
+        if c.mimeType.lower() in (mime.lower(), f"{kind}/rtx")
+    ]
+
+
+def accepts(media: Media, mime: str) -> bool:
+    """Whether the offered m= section can carry `mime` as aiortc would negotiate it."""
+    local = [
+        RTCRtpCodecParameters(
+            mimeType=c.mimeType, clockRate=c.clockRate, channels=c.channels,
+            parameters=dict(c.parameters), payloadType=96 + i,
+        )
+        for i, c in enumerate(capabilities(mime))
+        if not c.mimeType.lower().endswith("/rtx")
+    ]
+    return bool(find_common_codecs(local, media.codecs))
+
+
+def choose_codec(media: Media, preferred: list[str]) -> str | None:
+    """The first codec of ours, in our order, that the offer can carry."""
+    for name in preferred:
+        mime = CODEC_MIME[name]
+        if mime.split("/")[0] == media.kind and accepts(media, mime):
+            return mime
+    return None
+
+
+def offered_names(media: Media) -> str:
+    names = []
+    for c in media.codecs:
+        name = c.mimeType.split("/")[1]
+        if name.lower() in ("rtx", "red", "ulpfec", "flexfec-03", "cn", "telephone-event"):
+            continue
+        if name.lower() == "h264":
+            name += f" ({c.parameters.get('profile-level-id', '?')}, " \
+                    f"packetization-mode={c.parameters.get('packetization-mode', 0)})"
+        if name not in names:
+            names.append(name)
+    return ", ".join(names) or "none"
+
+
+@dataclass
+class Fragment:
+    """A trickle-ice-sdpfrag body: candidates and, for an ICE restart, new credentials."""
+
+    ufrag: str | None = None
+    pwd: str | None = None
+    candidates: list[str] = field(default_factory=list)
+    end_of_candidates: bool = False
+
+
+def parse_fragment(text: str) -> Fragment:
+    fragment = Fragment()
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if len(line) < 2 or line[1] != "=":
+            raise SdpError(f"not an SDP line: {line[:80]!r}")
+        if line.startswith("a=ice-ufrag:"):
+            fragment.ufrag = line.split(":", 1)[1]
+        elif line.startswith("a=ice-pwd:"):
+            fragment.pwd = line.split(":", 1)[1]
+        elif line.startswith("a=candidate:"):
+            fragment.candidates.append(line[2:])
+        elif line == "a=end-of-candidates":
+            fragment.end_of_candidates = True
+    return fragment

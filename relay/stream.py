@@ -1,0 +1,239 @@
+"""A named stream: its publisher's tapped media, its fan-outs and its state.
+
+The publisher session hands each of its receivers to the stream; the stream
+turns the tapped packets into encoded frames and pushes them to its fan-outs.
+Viewers and recorders only ever see `MediaFrame`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timezone
+from fractions import Fraction
+from typing import Any
+
+import av
+from aiortc import RTCRtpReceiver
+from aiortc.rtp import RtpPacket
+
+from . import aiortc_patch
+from .assembler import AudioSequencer, EncodedFrame, VideoAssembler
+from .bitstream import video_size
+from .config import ForwardConfig
+from .forward import FanOut, MediaFrame
+from .keyframes import KeyframeRequester
+
+log = logging.getLogger(__name__)
+
+STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_stream_name(name: str) -> bool:
+    """Names become URL segments and file names: a strict alphabet, no dots."""
+    return STREAM_NAME.fullmatch(name) is not None
+
+
+class RateMeter:
+    """Bits per second over the last few seconds, in one-second buckets."""
+
+    def __init__(self, window: int = 3) -> None:
+        self._buckets: deque[list[int]] = deque(maxlen=window + 1)
+
+    def add(self, nbytes: int) -> None:
+        second = int(time.monotonic())
+        if not self._buckets or self._buckets[-1][0] != second:
+            self._buckets.append([second, 0])
+        self._buckets[-1][1] += nbytes
+
+    def bps(self) -> int:
+        now = int(time.monotonic())
+        full = [b for s, b in self._buckets if now - len(self._buckets) < s < now]
+        return int(sum(full) * 8 / len(full)) if full else 0
+
+
+class Track:
+    """One tapped publisher receiver: packets in, encoded frames out."""
+
+    def __init__(self, stream: Stream, kind: str, codec: str, clock_rate: int) -> None:
+        self.kind = kind
+        self.codec = codec
+        self.ssrc: int | None = None
+        self._stream = stream
+        self._fanout = stream.fanouts[kind]
+        self._time_base = Fraction(1, clock_rate)
+        self._base: int | None = None
+        self.assembler: VideoAssembler | AudioSequencer
+        if kind == "video":
+            self.assembler = VideoAssembler(
+                codec, self._on_frame, self._on_loss, stream.config.hole_wait
+            )
+        else:
+            self.assembler = AudioSequencer(self._on_frame)
+
+    def on_packet(self, packet: RtpPacket) -> None:
+        self.ssrc = packet.ssrc
+        self._stream.packets_in += 1
+        self._stream.meter_in.add(len(packet.payload) + 12)
+        self.assembler.add(packet)
+
+    def _on_frame(self, frame: EncodedFrame) -> None:
+        if self._base is None:
+            self._base = frame.timestamp
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = frame.timestamp - self._base
+        packet.time_base = self._time_base
+        if frame.keyframe and self.kind == "video":
+            self._stream.video_keyframe(self.codec, frame.data)
+        self._stream.meter_out.add(len(frame.data) * len(self._fanout.sinks))
+        self._fanout.push(MediaFrame(packet, frame.keyframe, len(frame.data)))
+
+    def _on_loss(self) -> None:
+        self._fanout.gap()
+        self._stream.request_keyframe("upstream loss")
+
+
+class Stream:
+    def __init__(self, name: str, config: ForwardConfig, on_change: Callable[[Stream], None]) -> None:
+        self.name = name
+        self.config = config
+        self._on_change = on_change
+        self.fanouts = {"video": FanOut("video"), "audio": FanOut("audio")}
+        self.tracks: dict[str, Track] = {}
+        self.publisher: Any = None
+        self.viewers: set[Any] = set()
+        self.since: datetime | None = None
+        self.size: tuple[int, int] | None = None
+        self.packets_in = 0
+        self.meter_in = RateMeter()
+        self.meter_out = RateMeter()
+        self._receivers: dict[str, RTCRtpReceiver] = {}
+        self._keyframes: KeyframeRequester | None = None
+        self._started = 0.0
+
+    @property
+    def live(self) -> bool:
+        return self.publisher is not None
+
+    @property
+    def keyframe_requests(self) -> int:
+        return self._keyframes.sent if self._keyframes else 0
+
+    def start(self, publisher: Any) -> None:
+        """A publisher takes the stream; called before its offer is applied."""
+        self.publisher = publisher
+        self.since = datetime.now(timezone.utc)
+        self._started = time.monotonic()
+        self._keyframes = KeyframeRequester(
+            self._send_pli,
+            self.fanouts["video"].any_waiting,
+            self.config.keyframe_min_interval,
+            self.config.keyframe_retry_interval,
+        )
+        self._on_change(self)
+
+    def add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str, clock_rate: int) -> None:
+        track = Track(self, kind, codec, clock_rate)
+        self.tracks[kind] = track
+        self._receivers[kind] = receiver
+        aiortc_patch.tap_receiver(receiver, track.on_packet)
+
+    def stop(self, publisher: Any) -> None:
+        """The publisher is gone: end every sink and go offline."""
+        if self.publisher is not publisher:
+            return
+        if self._keyframes:
+            self._keyframes.close()
+        self._keyframes = None
+        self.publisher = None
+        self.tracks = {}
+        self._receivers = {}
+        self.size = None
+        self.since = None
+        for fanout in self.fanouts.values():
+            for sink in tuple(fanout.sinks):
+                end = getattr(sink, "end", None)
+                if end:
+                    end()
+            fanout.sinks.clear()
+        self._on_change(self)
+
+    def request_keyframe(self, reason: str) -> None:
+        if self._keyframes:
+            self._keyframes.request(reason)
+
+    def video_keyframe(self, codec: str, data: bytes) -> None:
+        size = video_size(codec, data)
+        if size and size != self.size:
+            self.size = size
+            self._on_change(self)
+
+    async def _send_pli(self) -> None:
+        track, receiver = self.tracks.get("video"), self._receivers.get("video")
+        if track and receiver and track.ssrc is not None:
+            await aiortc_patch.send_pli(receiver, track.ssrc)
+
+    def add_viewer(self, viewer: Any) -> None:
+        self.viewers.add(viewer)
+        self._on_change(self)
+
+    def remove_viewer(self, viewer: Any) -> None:
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            self._on_change(self)
+
+    def describe(self) -> dict[str, Any]:
+        """The stream as the JSON API and the dashboard show it."""
+        video, audio = self.tracks.get("video"), self.tracks.get("audio")
+        return {
+            "name": self.name,
+            "live": self.live,
+            "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
+            "uptime_s": round(time.monotonic() - self._started, 1) if self.live else 0,
+            "video": {
+                "codec": video.codec,
+                "width": self.size[0] if self.size else None,
+                "height": self.size[1] if self.size else None,
+            } if video else None,
+            "audio": {"codec": audio.codec} if audio else None,
+            "bitrate_in": self.meter_in.bps(),
+            "bitrate_out": self.meter_out.bps(),
+            "viewers": len(self.viewers),
+            "recording": False,
+        }
+
+
+class Streams:
+    """Every stream by name; listeners hear of each change (for live updates)."""
+
+    def __init__(self, config: ForwardConfig) -> None:
+        self._config = config
+        self._streams: dict[str, Stream] = {}
+        self.listeners: list[Callable[[Stream], None]] = []
+
+    def get(self, name: str) -> Stream | None:
+        return self._streams.get(name)
+
+    def get_or_create(self, name: str) -> Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = Stream(name, self._config, self._changed)
+        return stream
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._streams.values()))
+
+    def _changed(self, stream: Stream) -> None:
+        for listener in list(self.listeners):
+            listener(stream)
+        if not stream.live and not stream.viewers:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._forget, stream)
+
+    def _forget(self, stream: Stream) -> None:
+        if not stream.live and not stream.viewers and self._streams.get(stream.name) is stream:
+            del self._streams[stream.name]

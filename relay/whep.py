@@ -1,0 +1,97 @@
+"""WHEP (draft-ietf-wish-whep-04): a viewer's session and the endpoint that creates it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiortc import RTCSessionDescription
+
+from . import aiortc_patch
+from .config import Config
+from .context import context
+from .endpoint import created, read_offer, stream_name
+from .forward import ViewerTrack
+from .problems import Problem
+from .sdp import CODEC_HINT, CODEC_MIME, Offer, accepts, capabilities, offered_names
+from .session import Session, Sessions
+from .stream import Stream
+
+RETRY_AFTER = 2
+
+
+class ViewerSession(Session):
+    kind = "whep"
+
+    def __init__(self, sessions: Sessions, stream: Stream, config: Config) -> None:
+        super().__init__(sessions, stream.name, config)
+        self.stream = stream
+        self.tracks: list[ViewerTrack] = []
+        self._queue_frames = config.forwarding.viewer_queue_frames
+
+    async def negotiate(self, offer: Offer) -> str:
+        """Answer sendonly with the stream's own codecs pinned, one ViewerTrack per kind."""
+        for media in offer.media:
+            source = self.stream.tracks.get(media.kind)
+            if source is None:
+                continue
+            track = ViewerTrack(self.stream.fanouts[media.kind], self._queue_frames, self.stream.request_keyframe)
+            track.on("ended", self._on_track_ended)
+            transceiver = self.pc.addTransceiver(track, direction="sendonly")
+            mime = CODEC_MIME[source.codec]
+            transceiver.setCodecPreferences(capabilities(mime))
+            aiortc_patch.use_packer(transceiver.sender, mime)
+            aiortc_patch.on_keyframe_request(
+                transceiver.sender, lambda: self.stream.request_keyframe("viewer PLI/FIR")
+            )
+            self.tracks.append(track)
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self.stream.add_viewer(self)
+        return self.pc.localDescription.sdp
+
+    def _on_track_ended(self) -> None:
+        if not self.closed:
+            self.spawn(self.close("stream ended"))
+
+    def on_close(self) -> None:
+        self.stream.remove_viewer(self)
+        for track in self.tracks:
+            track.stop()
+
+
+def check_codecs(offer: Offer, stream: Stream) -> None:
+    """A viewer must take the stream's codec as it is: nothing is transcoded."""
+    for media in offer.media:
+        if media.direction not in ("recvonly", "sendrecv"):
+            raise Problem(400, "bad-direction",
+                          f"a WHEP offer receives media: the {media.kind} m= section is "
+                          f"{media.direction}; use recvonly")
+        source = stream.tracks.get(media.kind)
+        if source is not None and not accepts(media, CODEC_MIME[source.codec]):
+            raise Problem(422, "unsupported-codec",
+                          f"stream {stream.name!r} carries {media.kind} as "
+                          f"{CODEC_HINT[CODEC_MIME[source.codec].lower()]}; offer it (the offer has "
+                          f"{offered_names(media)})")
+    if not any(media.kind in stream.tracks for media in offer.media):
+        raise Problem(422, "no-common-media",
+                      f"stream {stream.name!r} has {' and '.join(stream.tracks) or 'no media yet'}; "
+                      f"the offer asks only for {' and '.join(offer.kinds())}")
+
+
+async def post(request: web.Request) -> web.Response:
+    ctx = context(request)
+    name = stream_name(request)
+    offer = await read_offer(request)
+    stream = ctx.streams.get(name)
+    if stream is None or not stream.live:
+        raise Problem(409, "stream-offline",
+                      f"stream {name!r} has no live publisher; retry after {RETRY_AFTER} s",
+                      headers={"Retry-After": str(RETRY_AFTER)})
+    check_codecs(offer, stream)
+    session = ViewerSession(ctx.sessions, stream, ctx.config)
+    try:
+        answer = await session.negotiate(offer)
+    except Exception as exc:
+        await session.close("negotiation failed")
+        raise Problem(400, "negotiation-failed", f"the offer could not be applied: {exc}") from None
+    session.start()
+    return created(session, answer, ctx.config, [])

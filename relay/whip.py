@@ -1,0 +1,91 @@
+"""WHIP (RFC 9725): a publisher's session and the endpoint that creates it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .config import Config
+from .context import context
+from .endpoint import created, read_offer, stream_name
+from .problems import Problem
+from .sdp import CODEC_HINT, CODEC_MIME, Offer, capabilities, choose_codec, offered_names
+from .session import Session, Sessions
+from .stream import Stream
+
+CLOCK_RATES = {"audio": 48000, "video": 90000}
+
+
+class PublisherSession(Session):
+    kind = "whip"
+
+    def __init__(self, sessions: Sessions, stream: Stream, config: Config, codecs: dict[str, str]) -> None:
+        super().__init__(sessions, stream.name, config)
+        self.stream = stream
+        self.codecs = codecs
+
+    async def negotiate(self, offer: Offer) -> str:
+        """Answer recvonly with the chosen codecs pinned before the offer is applied."""
+        for kind, mime in self.codecs.items():
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            transceiver.setCodecPreferences(capabilities(mime))
+        self.pc.on("track", self._on_track)
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        # Emitted inside setRemoteDescription, before any packet can arrive.
+        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
+        mime = self.codecs[track.kind]
+        self.stream.add_receiver(track.kind, transceiver.receiver, mime.split("/")[1], CLOCK_RATES[track.kind])
+        self.spawn(self._until_media_ends(track))
+
+    async def _until_media_ends(self, track: MediaStreamTrack) -> None:
+        # Decoding is off, so recv() only returns when the receiver stops (BYE, close).
+        try:
+            while True:
+                await track.recv()
+        except MediaStreamError:
+            await self.close(f"publisher's {track.kind} ended")
+
+    def on_close(self) -> None:
+        self.stream.stop(self)
+
+
+def choose_codecs(offer: Offer, config: Config) -> dict[str, str]:
+    codecs = {}
+    for media in offer.media:
+        if media.direction not in ("sendonly", "sendrecv"):
+            raise Problem(400, "bad-direction",
+                          f"a WHIP offer sends media: the {media.kind} m= section is "
+                          f"{media.direction}; use sendonly")
+        preferred = config.codecs.video if media.kind == "video" else config.codecs.audio
+        mime = choose_codec(media, preferred)
+        if mime is None:
+            wanted = " or ".join(CODEC_HINT[CODEC_MIME[n].lower()] for n in preferred) or "nothing"
+            raise Problem(422, "unsupported-codec",
+                          f"Relay takes {media.kind} as {wanted}; the offer has {offered_names(media)}")
+        codecs[media.kind] = mime
+    return codecs
+
+
+async def post(request: web.Request) -> web.Response:
+    ctx = context(request)
+    name = stream_name(request)
+    offer = await read_offer(request)
+    codecs = choose_codecs(offer, ctx.config)
+    stream = ctx.streams.get_or_create(name)
+    if stream.live:
+        raise Problem(409, "stream-live",
+                      f"stream {name!r} already has a publisher; stop it (DELETE its session) or pick another name")
+    session = PublisherSession(ctx.sessions, stream, ctx.config, codecs)
+    stream.start(session)
+    try:
+        answer = await session.negotiate(offer)
+    except Exception as exc:
+        await session.close("negotiation failed")
+        raise Problem(400, "negotiation-failed", f"the offer could not be applied: {exc}") from None
+    session.start()
+    return created(session, answer, ctx.config, [])
