@@ -66,7 +66,8 @@ def add_protocol_routes(app: web.Application) -> None:
         resource = app.router.add_resource(f"/{kind}/{{stream}}")
         resource.add_route("POST", _accepting(post))
         resource.add_route("OPTIONS", endpoint.options)
-        resource.add_route("GET", endpoint.empty)  # HEAD is added with GET
+        resource.add_route("GET", endpoint.empty)
+        resource.add_route("HEAD", endpoint.empty)
         session = app.router.add_resource(f"/{kind}/{{stream}}/{{session}}")
         for method, handler in endpoint.session_handlers(kind).items():
             session.add_route(method, handler)

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
 import pytest_asyncio
+import yaml
 from aiohttp.test_utils import TestServer
 
+from relay.aiortc_patch import restrict_host_addresses
 from relay.app import create_app
 from relay.config import load_config
 from relay.context import CONTEXT, Context
 
 LOOPBACK = {"ice": {"host_addresses": ["127.0.0.1"]}}
+
+# The tests' own aiortc peers stay on loopback too, even outside a namespace.
+restrict_host_addresses(LOOPBACK["ice"]["host_addresses"])
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -54,3 +66,45 @@ async def relay() -> AsyncIterator[RunningRelay]:
     running = await start_relay()
     yield running
     await running.server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RelayProcess:
+    """`relay serve` in a subprocess, for tests that signal or kill the server."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def spawn_relay(tmp_path: Path, settings: dict[str, Any] | None = None,
+                script: list[str] | None = None, env: dict[str, str] | None = None) -> RelayProcess:
+    """Start a server process on a free port with LOOPBACK settings; wait until it answers."""
+    port = free_port()
+    config = tmp_path / "relay.yaml"
+    config.write_text(yaml.safe_dump(merge(merge(LOOPBACK, {"server": {"port": port}}), settings or {})))
+    command = [sys.executable, *(script or ["-m", "relay"]), *([] if script else ["serve"]), "--config", str(config)]
+    process = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/streams", timeout=1).close()
+            return RelayProcess(process, port)
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"relay did not start: {command}") from None
+            time.sleep(0.1)

@@ -1,0 +1,79 @@
+"""Publisher -> Relay -> viewers with real aiortc peers over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.client import WhepClient, WhipClient
+from relay.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
+
+from .conftest import RunningRelay
+
+WIDTH, HEIGHT = 320, 240
+
+
+async def collect_counters(viewer: WhepClient, count: int, timeout: float = 15.0) -> list[int]:
+    """Decode `count` frames; check every one is the pattern frame its stamp names."""
+    counters = []
+    async with asyncio.timeout(timeout):
+        while len(counters) < count:
+            frame = await viewer.tracks["video"].recv()
+            stamp = read_stamp(frame)
+            assert stamp is not None, "a decoded frame carries no readable stamp"
+            assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+            assert psnr(frame, stamp.counter) > 25, "decoded pixels differ from what was sent"
+            counters.append(stamp.counter)
+    return counters
+
+
+async def wait_track(viewer: WhepClient, kind: str) -> None:
+    async with asyncio.timeout(10):
+        while kind not in viewer.tracks:
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_three_viewers_and_a_late_joiner_see_the_pattern(relay: RunningRelay, codec: str) -> None:
+    video = TestPatternTrack(WIDTH, HEIGHT, fps=30)
+    async with WhipClient(relay.url("/whip/cam"), [video, ToneTrack()], video_codec=codec):
+        viewers = [WhepClient(relay.url("/whep/cam")) for _ in range(3)]
+        for viewer in viewers:
+            await viewer.start()
+        try:
+            for viewer in viewers:
+                await wait_track(viewer, "video")
+            results = await asyncio.gather(*(collect_counters(v, 30) for v in viewers))
+            for counters in results:
+                assert counters == sorted(counters), "frames arrived out of order"
+                assert counters[-1] - counters[0] >= 29, "the counter did not advance"
+                gaps = [b - a for a, b in zip(counters, counters[1:])]
+                assert max(gaps) <= 3, f"frames skipped: {gaps}"
+            assert relay.ctx.streams.get("cam").tracks["video"].codec == codec
+
+            await asyncio.sleep(3)
+            async with WhepClient(relay.url("/whep/cam")) as late:
+                loop = asyncio.get_running_loop()
+                joined = loop.time()
+                await wait_track(late, "video")
+                counters = await collect_counters(late, 5, timeout=5)
+                assert counters[0] >= 90, "the late joiner got old frames"
+                assert loop.time() - joined < 3
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+    await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+
+
+async def test_opus_audio_arrives(relay: RunningRelay) -> None:
+    tone = ToneTrack()
+    async with WhipClient(relay.url("/whip/mic"), [tone]):
+        async with WhepClient(relay.url("/whep/mic"), kinds=("audio",)) as viewer:
+            await wait_track(viewer, "audio")
+            async with asyncio.timeout(10):
+                frames = [await viewer.tracks["audio"].recv() for _ in range(50)]
+            assert all(f.sample_rate == 48000 for f in frames)
+            samples = [abs(int(f.to_ndarray().astype("int32").max())) for f in frames[-20:]]
+            assert max(samples) > 1000, "the tone arrived as silence"
+            assert relay.ctx.streams.get("mic").tracks["audio"].codec == "opus"

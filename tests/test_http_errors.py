@@ -1,0 +1,149 @@
+"""Every client-caused error: the right 4xx and an RFC 9457 body that says what to fix."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection, RTCRtpSender
+
+from relay.client import WhipClient
+from relay.testpattern import TestPatternTrack, ToneTrack
+
+from .conftest import RunningRelay, start_relay
+
+
+async def make_offer(direction: str = "sendonly", video_codec: str | None = None, kinds=("video", "audio")) -> str:
+    pc = RTCPeerConnection()
+    try:
+        for kind in kinds:
+            transceiver = pc.addTransceiver(kind, direction=direction)
+            if kind == "video" and video_codec:
+                transceiver.setCodecPreferences(
+                    [c for c in RTCRtpSender.getCapabilities("video").codecs
+                     if c.mimeType.lower() in (video_codec.lower(), "video/rtx")]
+                )
+        await pc.setLocalDescription(await pc.createOffer())
+        return pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+async def request(method: str, url: str, body: str | bytes | None = None, **headers: str) -> tuple[aiohttp.ClientResponse, dict | str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url, data=body, headers=headers) as response:
+            if response.content_type == "application/problem+json":
+                return response, await response.json(content_type=None)
+            return response, await response.text()
+
+
+def assert_problem(response: aiohttp.ClientResponse, body: object, status: int, *words: str) -> None:
+    assert response.status == status, body
+    assert response.content_type == "application/problem+json"
+    assert isinstance(body, dict)
+    assert body["status"] == status and body["type"].startswith("urn:relay:problem:") and body["title"]
+    for word in words:
+        assert word.lower() in body["detail"].lower(), body["detail"]
+
+
+async def test_wrong_content_type_is_415(relay: RunningRelay) -> None:
+    response, body = await request("POST", relay.url("/whip/a"), "v=0", **{"Content-Type": "text/plain"})
+    assert_problem(response, body, 415, "application/sdp")
+    assert response.headers["Accept-Post"] == "application/sdp"
+
+
+@pytest.mark.parametrize("sdp", ["hello", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n", "v=0\r\nm=video x y z\r\n"])
+async def test_malformed_sdp_is_400(relay: RunningRelay, sdp: str) -> None:
+    for kind in ("whip", "whep"):
+        response, body = await request("POST", relay.url(f"/{kind}/a"), sdp, **{"Content-Type": "application/sdp"})
+        if kind == "whep" and response.status == 409:
+            continue  # no publisher is checked after the body: both answers are right
+        assert_problem(response, body, 400, "sdp")
+
+
+async def test_body_over_limit_is_413(relay: RunningRelay) -> None:
+    big = "v=0\r\n" + "a=x\r\n" * 20000
+    response, body = await request("POST", relay.url("/whip/a"), big, **{"Content-Type": "application/sdp"})
+    assert_problem(response, body, 413, "bytes")
+
+
+async def test_bad_stream_name_is_400(relay: RunningRelay) -> None:
+    offer = await make_offer()
+    response, body = await request("POST", relay.url("/whip/a.b"), offer, **{"Content-Type": "application/sdp"})
+    assert_problem(response, body, 400, "letters")
+
+
+async def test_unknown_session_is_404(relay: RunningRelay) -> None:
+    for method in ("PATCH", "DELETE"):
+        response, body = await request(method, relay.url("/whip/a/nosuchsession"), "a=end-of-candidates",
+                                       **{"Content-Type": "application/trickle-ice-sdpfrag"})
+        assert_problem(response, body, 404, "session")
+
+
+async def test_whep_without_publisher_is_409_with_retry_after(relay: RunningRelay) -> None:
+    response, body = await request("POST", relay.url("/whep/nobody"), await make_offer("recvonly"),
+                                   **{"Content-Type": "application/sdp"})
+    assert_problem(response, body, 409, "no live publisher")
+    assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_wrong_direction_is_400(relay: RunningRelay) -> None:
+    response, body = await request("POST", relay.url("/whip/a"), await make_offer("recvonly"),
+                                   **{"Content-Type": "application/sdp"})
+    assert_problem(response, body, 400, "sendonly")
+
+
+async def test_unsupported_codec_names_what_to_send() -> None:
+    running = await start_relay({"codecs": {"video": ["H264"]}})
+    try:
+        response, body = await request("POST", running.url("/whip/a"), await make_offer(video_codec="video/VP8"),
+                                       **{"Content-Type": "application/sdp"})
+        assert_problem(response, body, 422, "H.264", "VP8")
+    finally:
+        await running.server.close()
+
+
+async def test_session_errors_second_publisher_and_viewer_codec(relay: RunningRelay) -> None:
+    async with WhipClient(relay.url("/whip/live"), [TestPatternTrack(160, 120), ToneTrack()], video_codec="VP8") as pub:
+        sdp = {"Content-Type": "application/sdp"}
+        response, body = await request("POST", relay.url("/whip/live"), await make_offer(), **sdp)
+        assert_problem(response, body, 409, "already has a publisher")
+
+        response, body = await request("POST", relay.url("/whep/live"),
+                                       await make_offer("recvonly", video_codec="video/H264"), **sdp)
+        assert_problem(response, body, 422, "VP8")
+
+        frag = {"Content-Type": "application/trickle-ice-sdpfrag"}
+        restart = "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\n"
+        response, body = await request("PATCH", pub.location, restart, **frag, **{"If-Match": "*"})
+        assert_problem(response, body, 422, "restart")
+
+        candidate = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n"
+        response, body = await request("PATCH", pub.location, candidate, **frag, **{"If-Match": '"stale"'})
+        assert_problem(response, body, 412, "ETag")
+        response, _ = await request("PATCH", pub.location, candidate + "a=candidate:garbage\r\n", **frag,
+                                    **{"If-Match": pub.etag})
+        assert response.status == 204
+
+        response, body = await request("PATCH", pub.location, candidate, **sdp)
+        assert_problem(response, body, 415, "trickle-ice-sdpfrag")
+
+
+async def test_options_head_and_get(relay: RunningRelay) -> None:
+    for kind in ("whip", "whep"):
+        response, _ = await request("OPTIONS", relay.url(f"/{kind}/a"), Origin="http://example.test")
+        assert response.status == 204
+        assert response.headers["Accept-Post"] == "application/sdp"
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Location" in response.headers["Access-Control-Expose-Headers"]
+        assert "PATCH" in response.headers["Access-Control-Allow-Methods"]
+        response, _ = await request("GET", relay.url(f"/{kind}/a"))
+        assert response.status == 204
+    response, _ = await request("HEAD", relay.url("/whep/a"))
+    assert response.status == 200 and response.content_type == "application/sdp"
+
+
+async def test_unknown_route_and_method_are_problems(relay: RunningRelay) -> None:
+    response, body = await request("GET", relay.url("/nothing/here"))
+    assert_problem(response, body, 404, "/nothing/here")
+    response, body = await request("PUT", relay.url("/whip/a"))
+    assert_problem(response, body, 405, "PUT")
