@@ -109,6 +109,7 @@ class Stream:
         self.since: datetime | None = None
         self.size: tuple[int, int] | None = None
         self.packets_in = 0
+        self.recording = False
         self.meter_in = RateMeter()
         self.meter_out = RateMeter()
         self._receivers: dict[str, RTCRtpReceiver] = {}
@@ -122,6 +123,10 @@ class Stream:
     @property
     def keyframe_requests(self) -> int:
         return self._keyframes.sent if self._keyframes else 0
+
+    @property
+    def keyframe_reasons(self) -> dict[str, int]:
+        return dict(self._keyframes.reasons) if self._keyframes else {}
 
     def start(self, publisher: Any) -> None:
         """A publisher takes the stream; called before its offer is applied."""
@@ -177,6 +182,12 @@ class Stream:
         if track and receiver and track.ssrc is not None:
             await aiortc_patch.send_pli(receiver, track.ssrc)
 
+    def set_recording(self, recording: bool) -> None:
+        """Set by the recordings manager, so the API and live updates show it."""
+        if recording != self.recording:
+            self.recording = recording
+            self._on_change(self)
+
     def add_viewer(self, viewer: Any) -> None:
         self.viewers.add(viewer)
         self._on_change(self)
@@ -203,7 +214,7 @@ class Stream:
             "bitrate_in": self.meter_in.bps(),
             "bitrate_out": self.meter_out.bps(),
             "viewers": len(self.viewers),
-            "recording": False,
+            "recording": self.recording,
         }
 
 

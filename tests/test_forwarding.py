@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
+from relay import aiortc_patch
 from relay.client import WhepClient, WhipClient
 from relay.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
 
-from .conftest import RunningRelay
+from .conftest import RunningRelay, start_relay
 
 WIDTH, HEIGHT = 320, 240
 
@@ -77,3 +78,41 @@ async def test_opus_audio_arrives(relay: RunningRelay) -> None:
             samples = [abs(int(f.to_ndarray().astype("int32").max())) for f in frames[-20:]]
             assert max(samples) > 1000, "the tone arrived as silence"
             assert relay.ctx.streams.get("mic").tracks["audio"].codec == "opus"
+
+
+async def test_viewer_pli_reaches_the_publisher_rate_limited(relay: RunningRelay) -> None:
+    async with WhipClient(relay.url("/whip/k"), [TestPatternTrack(WIDTH, HEIGHT)]):
+        async with WhepClient(relay.url("/whep/k"), kinds=("video",)) as viewer:
+            await wait_track(viewer, "video")
+            await collect_counters(viewer, 3)
+            stream = relay.ctx.streams.get("k")
+            assert stream.keyframe_reasons.get("viewer joined") == 1
+            receiver = viewer.pc.getReceivers()[0]
+            ssrc = receiver.getSynchronizationSources()[0].source
+            sent_before = stream.keyframe_requests
+            for _ in range(5):  # a burst of PLIs becomes at most two requests upstream
+                await aiortc_patch.send_pli(receiver, ssrc)
+            await asyncio.sleep(0.6)  # the burst may be deferred by the 500 ms spacing
+            assert stream.keyframe_reasons.get("viewer PLI/FIR") == 5
+            assert 1 <= stream.keyframe_requests - sent_before <= 2
+            await asyncio.sleep(0.6)
+            assert stream.keyframe_requests - sent_before <= 2
+
+
+async def test_ice_servers_are_advertised_in_link_headers() -> None:
+    relay = await start_relay({"ice": {"servers": [
+        {"urls": ["stun:stun.example.test:3478"]},
+        {"urls": ["turn:turn.example.test:3478?transport=udp"], "username": "u", "credential": "p"},
+    ]}})
+    try:
+        # the server's own peers would try these servers: publish nothing, just read the headers
+        async with WhipClient(relay.url("/whip/l"), [ToneTrack()]) as pub:
+            links = pub.links
+            servers = pub.ice_servers
+        assert '<stun:stun.example.test:3478>; rel="ice-server"' in links
+        assert [(s.urls, s.username, s.credential) for s in servers] == [
+            ("stun:stun.example.test:3478", None, None),
+            ("turn:turn.example.test:3478?transport=udp", "u", "p"),
+        ]
+    finally:
+        await relay.server.close()

@@ -1,0 +1,113 @@
+"""The frame assembler and the keyframe-request policy, fed real RTP packets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from relay.assembler import EncodedFrame, Unwrapper, VideoAssembler
+from relay.keyframes import KeyframeRequester
+
+
+@dataclass
+class Pkt:
+    sequence_number: int
+    timestamp: int
+    marker: int
+    payload: bytes
+    _data: bytes
+
+
+def vp8_frame(seq: int, ts: int, parts: int, key: bool) -> list[Pkt]:
+    """A VP8 frame in `parts` packets; descriptor S=1 on the first, data byte 0 = P bit."""
+    packets = []
+    for i in range(parts):
+        descriptor = bytes([0x10 if i == 0 else 0x00])
+        data = bytes([0x00 if key else 0x01]) if i == 0 else bytes([i])
+        packets.append(Pkt((seq + i) & 0xFFFF, ts & 0xFFFFFFFF, int(i == parts - 1), descriptor + data, data))
+    return packets
+
+
+def collect(hole_wait: float = 0.05) -> tuple[VideoAssembler, list[EncodedFrame], list[int]]:
+    frames: list[EncodedFrame] = []
+    losses: list[int] = []
+    assembler = VideoAssembler("vp8", frames.append, lambda: losses.append(1), hole_wait)
+    return assembler, frames, losses
+
+
+def test_unwrapper_crosses_the_wrap_and_tolerates_reordering() -> None:
+    unwrap = Unwrapper(16)
+    values = [unwrap(v) for v in (65534, 65535, 0, 65535, 1)]
+    assert [v - values[0] for v in values] == [0, 1, 2, 1, 3]
+
+
+def test_frames_emitted_on_marker_across_sequence_wrap_and_reordering() -> None:
+    assembler, frames, losses = collect()
+    seq, ts = 65530, 2**32 - 6000
+    for n in range(6):
+        packets = vp8_frame(seq, ts, 3, key=n == 0)
+        if n == 2:
+            packets = [packets[2], packets[0], packets[1]]  # reordered within a frame
+        for packet in packets:
+            assembler.add(packet)
+        seq, ts = seq + 3, ts + 3000
+    assert len(frames) == 6 and not losses
+    assert frames[0].keyframe and not any(f.keyframe for f in frames[1:])
+    assert [f.timestamp - frames[0].timestamp for f in frames] == [0, 3000, 6000, 9000, 12000, 15000]
+    assert frames[1].data == bytes([0x01, 1, 2])
+
+
+def test_a_hole_waits_then_skips_to_the_next_frame_and_reports_loss() -> None:
+    assembler, frames, losses = collect(hole_wait=0.05)
+    stream = [vp8_frame(100 + 3 * n, 1000 + 3000 * n, 3, key=n == 0) for n in range(4)]
+    for packet in stream[0]:
+        assembler.add(packet)
+    assembler.add(stream[1][0])  # frame 1 loses its last two packets
+    for packet in stream[2]:
+        assembler.add(packet)
+    assert len(frames) == 1 and not losses  # waiting for a retransmission
+    time.sleep(0.06)
+    for packet in stream[3]:
+        assembler.add(packet)
+    assert losses == [1]
+    assert [f.timestamp - frames[0].timestamp for f in frames] == [0, 6000, 9000]  # frame 1 skipped
+
+
+def test_late_retransmission_fills_the_hole_in_time() -> None:
+    assembler, frames, losses = collect(hole_wait=1.0)
+    first, second = vp8_frame(10, 0, 2, True), vp8_frame(12, 3000, 2, False)
+    assembler.add(first[0])
+    assembler.add(second[0])
+    assembler.add(second[1])
+    assert frames == []
+    assembler.add(first[1])  # the retransmission arrives
+    assert [f.timestamp - frames[0].timestamp for f in frames] == [0, 3000] and not losses
+
+
+async def test_keyframe_requests_are_spaced_deferred_and_retried() -> None:
+    sent: list[float] = []
+    waiting = True
+
+    async def send() -> None:
+        sent.append(time.monotonic())
+
+    requester = KeyframeRequester(send, lambda: waiting, min_interval=0.2, retry_interval=0.3)
+    try:
+        start = time.monotonic()
+        requester.request("a")
+        await asyncio.sleep(0.01)
+        requester.request("b")  # too soon: deferred, not dropped
+        requester.request("c")  # merged with b
+        await asyncio.sleep(0.25)
+        assert len(sent) == 2
+        assert sent[1] - sent[0] >= 0.19
+        await asyncio.sleep(0.4)  # a viewer still waits: retried
+        assert len(sent) >= 3
+        waiting = False
+        count = len(sent)
+        await asyncio.sleep(0.5)
+        assert len(sent) == count  # nobody waits: no more requests
+        assert sent[0] - start < 0.05
+    finally:
+        requester.close()
