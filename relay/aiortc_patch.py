@@ -18,7 +18,8 @@ from typing import Any
 import aioice
 import aioice.ice
 import aiortc
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
@@ -47,6 +48,8 @@ def _check() -> None:
     for func, name in needs:
         if name not in func.__code__.co_names:
             problems.append(f"{func.__qualname__} no longer uses {name}")
+    if not hasattr(RTCDtlsTransport, "_set_role"):
+        problems.append("RTCDtlsTransport._set_role is gone")
     if not hasattr(RTCRtpReceiver, "_send_rtcp_pli"):
         problems.append("RTCRtpReceiver._send_rtcp_pli is gone")
     if problems:
@@ -111,6 +114,20 @@ _PACKERS: dict[str, Callable[[], Encoder]] = {
 def use_packer(sender: RTCRtpSender, mime_type: str) -> None:
     """Give the sender a pack-only encoder, so no codec context is ever opened."""
     sender._RTCRtpSender__encoder = _PACKERS[mime_type.lower()]()  # type: ignore[attr-defined]
+
+
+def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
+    """Make the coming answer say a=setup:passive where the offer left the choice.
+
+    aiortc answers actpass with active (DTLS client); GStreamer with an RSA
+    certificate then meets aiortc's ECDSA-only client cipher list ("no shared
+    cipher"). As DTLS server aiortc works with every client we know of. Call
+    between setRemoteDescription and createAnswer.
+    """
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport._role == "auto":
+            transport._set_role("server")
 
 
 def restrict_host_addresses(addresses: list[str]) -> None:

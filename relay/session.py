@@ -16,10 +16,11 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
+from . import aiortc_patch
 from .config import Config
 from .sdp import Fragment
 
@@ -89,6 +90,13 @@ class Session:
 
     def on_connected(self) -> None:
         """Hook for subclasses."""
+
+    async def answer(self, offer: str) -> str:
+        """Apply the client's offer and return our complete answer (all candidates in it)."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        aiortc_patch.answer_as_dtls_server(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
 
     async def add_candidates(self, fragment: Fragment) -> int:
         """Add trickled candidates; lines aiortc cannot take are skipped, never fatal."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiortc import RTCSessionDescription
 
 from . import aiortc_patch
 from .config import Config
@@ -43,10 +42,9 @@ class ViewerSession(Session):
                 transceiver.sender, lambda: self.stream.request_keyframe("viewer PLI/FIR")
             )
             self.tracks.append(track)
-        await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        answer = await self.answer(offer.sdp)
         self.stream.add_viewer(self)
-        return self.pc.localDescription.sdp
+        return answer
 
     def _on_track_ended(self) -> None:
         if not self.closed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .config import Config
@@ -31,9 +30,7 @@ class PublisherSession(Session):
             transceiver = self.pc.addTransceiver(kind, direction="recvonly")
             transceiver.setCodecPreferences(capabilities(mime))
         self.pc.on("track", self._on_track)
-        await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription.sdp
+        return await self.answer(offer.sdp)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         # Emitted inside setRemoteDescription, before any packet can arrive.

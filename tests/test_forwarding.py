@@ -107,6 +107,7 @@ async def test_ice_servers_are_advertised_in_link_headers() -> None:
     try:
         # the server's own peers would try these servers: publish nothing, just read the headers
         async with WhipClient(relay.url("/whip/l"), [ToneTrack()]) as pub:
+            assert "a=setup:passive" in pub.pc.remoteDescription.sdp  # Relay is the DTLS server
             links = pub.links
             servers = pub.ice_servers
         assert '<stun:stun.example.test:3478>; rel="ice-server"' in links
