@@ -89,11 +89,12 @@ def accepts(media: Media, mime: str) -> bool:
     return bool(find_common_codecs(local, media.codecs))
 
 
-def choose_codec(media: Media, preferred: list[str]) -> str | None:
-    """The first codec of ours, in our order, that the offer can carry."""
-    for name in preferred:
-        mime = CODEC_MIME[name]
-        if mime.split("/")[0] == media.kind and accepts(media, mime):
+def choose_codec(media: Media, allowed: list[str]) -> str | None:
+    """The publisher's most preferred offered codec (offer order) that Relay allows."""
+    mimes = {CODEC_MIME[name].lower(): CODEC_MIME[name] for name in allowed}
+    for codec in media.codecs:
+        mime = mimes.get(codec.mimeType.lower())
+        if mime and accepts(media, mime):
             return mime
     return None
 
