@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import aiortc_patch, api, endpoint, whep, whip
+from . import aiortc_patch, api, endpoint, events, pages, whep, whip
 from .config import Config
 from .context import CONTEXT, Context
 from .problems import Problem, problem_middleware
@@ -84,6 +84,8 @@ def create_app(config: Config) -> web.Application:
     app[CONTEXT] = ctx
     add_protocol_routes(app)
     api.add_routes(app)
+    events.add_routes(app, ctx.streams)
+    pages.add_routes(app)
 
     async def close_sessions(app: web.Application) -> None:
         ctx.accepting = False

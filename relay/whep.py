@@ -8,6 +8,7 @@ from . import aiortc_patch
 from .config import Config
 from .context import context
 from .endpoint import created, read_offer, stream_name
+from .events import stream_events_link
 from .forward import ViewerTrack
 from .problems import Problem
 from .sdp import CODEC_HINT, CODEC_MIME, Offer, accepts, capabilities, offered_names
@@ -83,7 +84,7 @@ async def post(request: web.Request) -> web.Response:
     if stream is None or not stream.live:
         raise Problem(409, "stream-offline",
                       f"stream {name!r} has no live publisher; retry after {RETRY_AFTER} s",
-                      headers={"Retry-After": str(RETRY_AFTER)})
+                      headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name)})
     check_codecs(offer, stream)
     session = ViewerSession(ctx.sessions, stream, ctx.config)
     try:
@@ -92,4 +93,4 @@ async def post(request: web.Request) -> web.Response:
         await session.close("negotiation failed")
         raise Problem(400, "negotiation-failed", f"the offer could not be applied: {exc}") from None
     session.start()
-    return created(session, answer, ctx.config, [])
+    return created(session, answer, ctx.config, [stream_events_link(name)])

@@ -1,0 +1,29 @@
+"""The web pages, served by Relay itself: plain files from web/, no build step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from .endpoint import stream_name
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def _page(name: str, named_stream: bool) -> web.RequestHandler:
+    path = WEB_DIR / name
+
+    async def handler(request: web.Request) -> web.FileResponse:
+        if named_stream:
+            stream_name(request)  # a bad name gets its 400 problem, not a page
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return handler
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", _page("index.html", False))
+    app.router.add_get("/publish/{stream}", _page("publish.html", True))
+    app.router.add_get("/watch/{stream}", _page("watch.html", True))
+    app.router.add_static("/static/", WEB_DIR)

@@ -1,0 +1,80 @@
+"""The pages in real Chromium: publish the fake camera, watch it twice, stop, resume.
+
+Runs inside the suite's loopback-only namespace, against an in-process Relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ..conftest import RunningRelay
+from .conftest import page_errors, video_frames_decoded, video_pixels
+
+
+async def wait_js(page: Any, expression: str, timeout: float = 20_000) -> None:
+    await page.wait_for_function(expression, timeout=timeout)
+
+
+async def wait_status(page: Any, word: str) -> None:
+    await wait_js(page, f"document.querySelector('#status').textContent.toLowerCase().includes('{word}')")
+
+
+async def assert_playing(page: Any) -> None:
+    """Moving, non-black video, and frames decoded growing."""
+    await wait_js(page, "window.relayWatch && window.relayWatch.state === 'live'")
+    await wait_js(page, "document.querySelector('#video').readyState >= 2")
+    first, decoded = await video_pixels(page), await video_frames_decoded(page)
+    await asyncio.sleep(1.0)
+    second, decoded_later = await video_pixels(page), await video_frames_decoded(page)
+    assert first and second
+    assert sum(second) / len(second) > 20, "the video is black"
+    assert max(second) - min(second) > 30, "the video is one flat colour"
+    assert sum(abs(a - b) for a, b in zip(first, second)) / len(first) > 0.5, "the picture does not move"
+    assert decoded_later >= decoded + 10, f"frames decoded did not grow: {decoded} -> {decoded_later}"
+
+
+async def test_publish_watch_twice_stop_and_resume(
+    relay: RunningRelay, new_page: Any, artifacts_dir: Path
+) -> None:
+    early = await new_page()  # opened before anyone publishes
+    await early.goto(relay.url("/watch/cam"))
+    await wait_status(early, "waiting")
+    await early.screenshot(path=artifacts_dir / "watch-waiting.png")
+
+    publisher = await new_page()
+    await publisher.goto(relay.url("/publish/cam"))
+    await publisher.click("#start")
+    await wait_js(publisher, "window.relayPublish && window.relayPublish.state === 'live'")
+    await wait_status(publisher, "live")
+
+    await assert_playing(early)
+    second = await new_page()
+    await second.goto(relay.url("/watch/cam"))
+    await assert_playing(second)
+    await relay.wait_until(lambda: len(relay.ctx.streams.get("cam").viewers) == 2)
+    await wait_js(second, "document.querySelector('#viewers').textContent.trim() === '2'")
+    await publisher.screenshot(path=artifacts_dir / "publish-live.png")
+    await second.screenshot(path=artifacts_dir / "watch-live.png")
+
+    dashboard = await new_page()
+    await dashboard.goto(relay.url("/"))
+    await wait_js(dashboard, "document.querySelector('tr[data-stream=\"cam\"][data-live=\"true\"]')")
+    await dashboard.screenshot(path=artifacts_dir / "dashboard-live.png")
+
+    await publisher.click("#stop")
+    await wait_status(early, "waiting")
+    await wait_status(second, "waiting")
+    await wait_js(dashboard, "document.querySelector('tr[data-stream=\"cam\"][data-live=\"false\"]')")
+    await dashboard.screenshot(path=artifacts_dir / "dashboard-offline.png")
+    await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+
+    await publisher.click("#start")  # publishing again resumes the watch pages without reload
+    await wait_js(publisher, "window.relayPublish.state === 'live'")
+    await assert_playing(early)
+    await assert_playing(second)
+    await wait_js(dashboard, "document.querySelector('tr[data-stream=\"cam\"][data-live=\"true\"]')")
+
+    for page in (early, second, publisher, dashboard):
+        assert page_errors(page) == []
