@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import aiortc_patch, api, endpoint, events, pages, whep, whip
+from . import aiortc_patch, api, endpoint, events, pages, recordings, whep, whip
 from .config import Config
 from .context import CONTEXT, Context
 from .problems import Problem, problem_middleware
@@ -92,4 +92,5 @@ def create_app(config: Config) -> web.Application:
         await ctx.sessions.close_all("server shutting down")
 
     app.on_shutdown.append(close_sessions)
+    recordings.setup(app, ctx)
     return app

@@ -23,6 +23,10 @@ def serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
+    if args.record:
+        config.recording.enabled = True
+    if args.recordings_dir:
+        config.recording.dir = args.recordings_dir
     app = create_app(config)
     web.run_app(
         app,
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML settings file (default: embedded defaults)")
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.add_argument("--record", action="store_true",
+                   help="record every stream (sets recording.enabled; per-stream 'enabled: false' still wins)")
+    p.add_argument("--recordings-dir", metavar="DIR", help="where recordings go (overrides recording.dir)")
     p.set_defaults(func=serve)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -60,11 +60,27 @@ class ForwardConfig:
 
 
 @dataclass
+class StreamRecordingConfig:
+    enabled: bool = True
+
+
+@dataclass
+class RecordingConfig:
+    enabled: bool = False
+    dir: str = "recordings"
+    segment_seconds: float = 0.0
+    max_age_hours: float = 0.0
+    max_total_mb: float = 0.0
+    streams: dict[str, StreamRecordingConfig] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ice: IceConfig = field(default_factory=IceConfig)
     codecs: CodecConfig = field(default_factory=CodecConfig)
     forwarding: ForwardConfig = field(default_factory=ForwardConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
 
 VIDEO_CODECS = {"VP8", "H264"}
@@ -81,6 +97,11 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = typing.get_args(kind)
         return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        item = typing.get_args(kind)[1]
+        return {str(k): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(kind):
         return _build(kind, value, key)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -130,6 +151,22 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"ice.{key}: must be a positive number of seconds")
     if config.forwarding.viewer_queue_frames < 2:
         raise ConfigError("forwarding.viewer_queue_frames: must be at least 2")
+    _validate_recording(config.recording)
+
+
+def _validate_recording(recording: RecordingConfig) -> None:
+    from .stream import valid_stream_name  # stream.py imports this module
+
+    if not recording.dir:
+        raise ConfigError("recording.dir: give a directory for the recordings")
+    if recording.segment_seconds and recording.segment_seconds < 1:
+        raise ConfigError("recording.segment_seconds: 0 (one file per publish) or at least 1")
+    for key in ("max_age_hours", "max_total_mb"):
+        if getattr(recording, key) < 0:
+            raise ConfigError(f"recording.{key}: 0 (no limit) or a positive number")
+    for name in recording.streams:
+        if not valid_stream_name(name):
+            raise ConfigError(f"recording.streams.{name}: not a stream name (1-64 letters, digits, '_' or '-')")
 
 
 def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> Config:
