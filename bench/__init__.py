@@ -1,0 +1,1 @@
+"""Benchmarks of Relay against the MediaRelay baseline; run `python -m bench`."""

@@ -1,0 +1,449 @@
+"""The experiments: CPU and capacity sweeps, join time, relay-added latency.
+
+One `Rig` is a server under test (Relay or the MediaRelay baseline) pinned to
+one core, plus a publisher, a probe (the measuring viewer) and load-generator
+processes pinned to another. Every figure is taken from the server's
+/proc/PID/stat over a timed window; forwarded packets are what the viewers
+received in that window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .peers import LOOPBACK
+from .proc import (
+    Child,
+    child_env,
+    core_busy,
+    core_times,
+    cpu_seconds,
+    cpu_times,
+    pinned,
+    rss_bytes,
+)
+from .stats import Line, percentile
+
+FPS = 30
+MIN_FPS = 29.0
+MAX_LOSS = 0.01
+SATURATED = 0.9  # our processes using this much of their core are the limit
+BUSY = 0.97  # a core this busy, whoever uses it, starves what we measure
+LOOP_GOP = 1.0
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    width: int
+    height: int
+    bitrate: int
+
+
+SIZES = {s.name: s for s in (Size("480p", 640, 480, 1_000_000), Size("720p", 1280, 720, 2_500_000))}
+
+
+@dataclass
+class Plan:
+    """How much to measure; `FULL` fills the table, `SHORT` proves the benchmark works."""
+
+    sizes: list[str]
+    relay_counts: list[int]  # viewers, the measuring one included
+    baseline_counts: list[int]
+    window: float
+    settle: float
+    gops: list[float]
+    joins: int
+    join_pause: tuple[float, float]
+    ignore_pli_gops: list[float]  # Relay joins with a publisher that ignores PLI
+    latency_seconds: float
+    latency_load: list[int]
+    load_processes: int
+    servers: list[str] = field(default_factory=lambda: ["relay", "baseline"])
+
+
+FULL = Plan(
+    sizes=["480p", "720p"],
+    relay_counts=[1, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512],
+    baseline_counts=[1, 2, 3, 4, 6, 8, 12, 16],
+    window=6.0, settle=2.0,
+    gops=[1.0, 4.0], joins=20, join_pause=(0.3, 1.3), ignore_pli_gops=[1.0, 4.0],
+    latency_seconds=15.0, latency_load=[0, 15],
+    load_processes=4,
+)
+SHORT = Plan(
+    sizes=["480p"],
+    relay_counts=[1, 4, 8],
+    baseline_counts=[1, 2],
+    window=2.0, settle=1.2,
+    gops=[1.0, 4.0], joins=3, join_pause=(0.2, 0.6), ignore_pli_gops=[],
+    latency_seconds=3.0, latency_load=[0],
+    load_processes=2,
+)
+
+
+def cores() -> tuple[int | None, int | None]:
+    """(server core, load core): different cores when there are two, no pinning otherwise."""
+    usable = sorted(os.sched_getaffinity(0))
+    return (usable[0], usable[1]) if len(usable) >= 2 else (None, None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Step:
+    """One measurement window at a fixed viewer count."""
+
+    viewers: int
+    seconds: float
+    server_cpu: float  # cores: CPU seconds per second
+    server_kernel: float  # the part of server_cpu spent in the kernel (sendto on loopback)
+    server_core_busy: float  # the server's core, whoever used it
+    load_cpu: float  # publisher + probe + load generators, cores
+    loadgen_us_per_packet: float  # the load generators' own CPU per received packet
+    load_core_busy: float
+    rss_mb: float
+    packets_per_s: float  # RTP packets/s received by all viewers
+    bits_per_s: float  # received by the load viewers, per viewer
+    fps: float
+    rtp_loss: float
+    missing_frames: int
+    load_loss: float
+    silent: int  # load viewers that got no video in the window
+    srtp_sampled: int
+    srtp_authentic: int
+    join_failures: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.fps >= MIN_FPS and self.rtp_loss < MAX_LOSS and self.silent == 0
+
+    @property
+    def limit(self) -> str:
+        """Which side ran out of CPU, if any: ours first, then anyone else's on the cores."""
+        if self.server_cpu >= SATURATED:
+            return "server"
+        if self.load_cpu >= SATURATED:
+            return "load generator"
+        if max(self.server_core_busy, self.load_core_busy) >= BUSY:
+            return (f"other processes on the cores (server core {self.server_core_busy:.0%}, "
+                    f"load core {self.load_core_busy:.0%} busy)")
+        return ""
+
+
+class Rig:
+    """A server under test and the processes that load and measure it."""
+
+    def __init__(self, kind: str, plan: Plan, log_dir: Path) -> None:
+        self.kind = kind
+        self.plan = plan
+        self.log_dir = log_dir
+        self.server_core, self.load_core = cores()
+        self.port = free_port()
+        self.server: asyncio.subprocess.Process | None = None
+        self.publisher: Child | None = None
+        self.probe: Child | None = None
+        self.loads: list[Child] = []
+        self.stream = ""
+        self.loop_frames: int | None = None
+        self.join_errors: list[str] = []
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}{path}"
+
+    async def __aenter__(self) -> Rig:
+        if self.kind == "relay":
+            config = self.log_dir / "relay.yaml"
+            config.write_text(yaml.safe_dump({"ice": {"host_addresses": [LOOPBACK]}}))
+            argv = [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(self.port)]
+        else:
+            argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port)]
+        with (self.log_dir / f"{self.kind}-server.log").open("ab") as log:
+            self.server = await asyncio.create_subprocess_exec(
+                *pinned(self.server_core, argv), stdout=log, stderr=log, env=child_env(),
+            )
+        children = [
+            Child.start(f"{self.kind}-probe", "bench.probe", [], self.load_core, self.log_dir),
+            *(Child.start(f"{self.kind}-load{i}", "bench.loadgen", [], self.load_core, self.log_dir)
+              for i in range(self.plan.load_processes)),
+        ]
+        self.probe, *self.loads = await asyncio.gather(*children)
+        await self._wait_listening()
+        return self
+
+    async def _wait_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.server is not None
+            if self.server.returncode is not None:
+                raise RuntimeError(f"the {self.kind} server exited; see {self.log_dir}/{self.kind}-server.log")
+            try:
+                _, writer = await asyncio.open_connection(LOOPBACK, self.port)
+                writer.close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {self.kind} server did not listen within {timeout:g} s") from None
+                await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc: object) -> None:
+        for child in [*self.loads, self.probe, self.publisher]:
+            if child:
+                await child.stop()
+        if self.server and self.server.returncode is None:
+            self.server.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(self.server.wait(), 15)
+            except TimeoutError:
+                self.server.kill()
+                await self.server.wait()
+
+    async def publish(self, stream: str, mode: str, size: Size, gop: float, honor_pli: bool = True) -> dict[str, Any]:
+        """Start a fresh publisher process (the old one, its viewers and legs go first)."""
+        await self.set_viewers(0)
+        for leg in ("main", "direct"):
+            with contextlib.suppress(Exception):
+                await self.probe_call("unwatch", leg=leg)
+        if self.publisher:
+            await self.publisher.stop()
+        self.publisher = await Child.start(f"{self.kind}-publisher", "bench.publisher", [], self.load_core, self.log_dir)
+        self.stream = stream
+        info = await self.publisher.call(
+            "start", url=self.url(f"/whip/{stream}"), mode=mode, width=size.width, height=size.height,
+            fps=FPS, bitrate=size.bitrate, gop=gop, honor_pli=honor_pli,
+        )
+        self.loop_frames = info.get("loop_frames")
+        await self._wait_stream()
+        return info
+
+    async def _wait_stream(self, timeout: float = 15.0) -> None:
+        """Until the server takes viewers (Relay answers 409 until the first media arrives)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.probe_call("watch", leg="main", url=self.url(f"/whep/{self.stream}"),
+                                      loop_frames=self.loop_frames)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def probe_call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        assert self.probe is not None
+        return await self.probe.call(cmd, **args)
+
+    async def set_viewers(self, load_viewers: int) -> int:
+        """Spread `load_viewers` over the load processes; returns how many failed to join."""
+        n = len(self.loads)
+        replies = await asyncio.gather(*(
+            load.call("set", url=self.url(f"/whep/{self.stream}"), viewers=load_viewers // n + (i < load_viewers % n))
+            for i, load in enumerate(self.loads)
+        ))
+        self.join_errors = [e for r in replies for e in r["errors"]]
+        return sum(r["failed"] for r in replies)
+
+    def _load_pids(self) -> list[int]:
+        return [c.pid for c in [*self.loads, self.probe, self.publisher] if c]
+
+    async def _load_stats(self) -> dict[str, int]:
+        replies = await asyncio.gather(*(load.call("stats") for load in self.loads))
+        return {key: sum(r[key] for r in replies) for key in replies[0]}
+
+    async def window(self, viewers: int, seconds: float) -> Step:
+        """Measure `seconds` at the current viewer count."""
+        assert self.server is not None
+        pid = self.server.pid
+        await self.probe_call("snapshot", leg="main")
+        load0 = await self._load_stats()
+        cores0, cpu0, t0 = core_times(), cpu_times(pid), time.monotonic()
+        other0 = sum(cpu_seconds(p) for p in self._load_pids())
+        gen0 = sum(cpu_seconds(c.pid) for c in self.loads)
+        await asyncio.sleep(seconds)
+        cpu1, cores1, t1 = cpu_times(pid), core_times(), time.monotonic()
+        other1 = sum(cpu_seconds(p) for p in self._load_pids())
+        gen1 = sum(cpu_seconds(c.pid) for c in self.loads)
+        probe = await self.probe_call("snapshot", leg="main")
+        load1 = await self._load_stats()
+        elapsed = t1 - t0
+        delta = {k: load1[k] - load0[k] for k in load0}
+        load_packets = delta["video_packets"] + delta["audio_packets"]
+        n_load = max(1, load1["viewers"])
+        return Step(
+            viewers=viewers,
+            seconds=elapsed,
+            server_cpu=(sum(cpu1) - sum(cpu0)) / elapsed,
+            server_kernel=(cpu1[1] - cpu0[1]) / elapsed,
+            server_core_busy=core_busy(cores0, cores1, self.server_core) if self.server_core is not None else 0.0,
+            load_cpu=(other1 - other0) / elapsed,
+            loadgen_us_per_packet=(gen1 - gen0) * 1e6 / load_packets if load_packets else 0.0,
+            load_core_busy=core_busy(cores0, cores1, self.load_core) if self.load_core is not None else 0.0,
+            rss_mb=rss_bytes(pid) / 2**20,
+            packets_per_s=(load_packets + probe["rtp_received"]) / elapsed,
+            bits_per_s=delta["bytes"] * 8 / elapsed / n_load if load1["viewers"] else 0.0,
+            fps=probe["fps"],
+            rtp_loss=probe["rtp_loss"],
+            missing_frames=probe["missing_frames"],
+            load_loss=delta["lost"] / (load_packets + delta["lost"]) if load_packets else 0.0,
+            silent=load1["silent"],
+            srtp_sampled=delta["sampled"],
+            srtp_authentic=delta["authentic"],
+        )
+
+
+@dataclass
+class Sweep:
+    server: str
+    size: str
+    video_bps: float
+    steps: list[Step]
+    capacity: int | None  # most viewers with the probe at >= 29 fps and < 1 % loss
+    capacity_limit: str  # what stopped the ramp
+
+    def fit_points(self) -> list[Step]:
+        """Unsaturated windows only: a saturated server's CPU no longer grows with viewers."""
+        return [s for s in self.steps if s.ok and s.server_cpu < 0.9]
+
+    @property
+    def per_viewer(self) -> Line | None:
+        """Server cores against viewers: slope = CPU seconds per viewer-second."""
+        points = self.fit_points()
+        return Line.fit([s.viewers for s in points], [s.server_cpu for s in points])
+
+    @property
+    def per_packet(self) -> Line | None:
+        """Server CPU microseconds per second against forwarded packets per second."""
+        points = self.fit_points()
+        return Line.fit([s.packets_per_s for s in points], [s.server_cpu * 1e6 for s in points])
+
+    @property
+    def rss_per_viewer(self) -> Line | None:
+        points = self.fit_points()
+        return Line.fit([s.viewers for s in points], [s.rss_mb for s in points])
+
+    @property
+    def projected_per_core(self) -> float | None:
+        line = self.per_viewer
+        return (1 - line.intercept) / line.slope if line and line.slope > 0 else None
+
+    def summary(self) -> dict[str, Any]:
+        per_viewer, per_packet, rss = self.per_viewer, self.per_packet, self.rss_per_viewer
+        return {
+            "server": self.server, "size": self.size, "video_bps": self.video_bps,
+            "cpu_per_viewer": per_viewer.slope if per_viewer else None,
+            "idle_cpu": per_viewer.intercept if per_viewer else None,
+            "us_per_packet": per_packet.slope if per_packet else None,
+            "rss_mb_per_viewer": rss.slope if rss else None,
+            "projected_viewers_per_core": self.projected_per_core,
+            "capacity": self.capacity, "capacity_limit": self.capacity_limit,
+            "steps": [{**asdict(s), "ok": s.ok, "limit": s.limit} for s in self.steps],
+        }
+
+
+async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
+    """Ramp viewers through `counts` until the probe fails; a failure is re-measured once."""
+    info = await rig.publish(f"{size.name}-loop", "loop", size, LOOP_GOP, honor_pli=False)
+    await asyncio.sleep(rig.plan.settle + LOOP_GOP)
+    steps: list[Step] = []
+    capacity, limit = None, f"plan ended at {counts[-1]} viewers"
+    for viewers in counts:
+        failed = await rig.set_viewers(viewers - 1)
+        await asyncio.sleep(rig.plan.settle + LOOP_GOP)
+        step = await rig.window(viewers, rig.plan.window)
+        if not step.ok and not failed:
+            step = await rig.window(viewers, rig.plan.window)
+        step.join_failures = failed
+        steps.append(step)
+        log(f"{rig.kind} {size.name} {viewers:4d} viewers: server {step.server_cpu:5.1%} "
+            f"({step.packets_per_s:7.0f} pkt/s), load core {step.load_core_busy:4.0%}, "
+            f"probe {step.fps:4.1f} fps loss {step.rtp_loss:.2%}, silent {step.silent}, "
+            f"join failures {failed}, rss {step.rss_mb:.0f} MB" + (f": {rig.join_errors[0]}" if failed else ""))
+        if not step.ok or failed:
+            limit = f"{step.limit or 'the measuring viewer'} at {viewers} viewers"
+            if failed:
+                limit += f" ({failed} viewers failed to join: {rig.join_errors[0]})"
+            break
+        capacity = viewers
+        if step.limit in ("server", "load generator"):  # the next count cannot pass honestly
+            limit = f"{step.limit} CPU at {step.server_cpu if step.limit == 'server' else step.load_cpu:.0%} at {viewers} viewers"
+            break
+    await rig.set_viewers(0)
+    return Sweep(rig.kind, size.name, info["video_bps"], steps, capacity, limit)
+
+
+async def joins(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
+    """Join times at a live publisher with this GOP."""
+    await rig.publish(f"live-gop{gop:g}-{'pli' if honor_pli else 'nopli'}", "live", SIZES["480p"], gop, honor_pli)
+    await asyncio.sleep(1.0)
+    reply = await rig.probe_call("join", url=rig.url(f"/whep/{rig.stream}"), count=rig.plan.joins,
+                                 pause=rig.plan.join_pause)
+    times = [t * 1000 for t in reply["join_s"]]
+    return {
+        "server": rig.kind, "gop_s": gop, "publisher_honors_pli": honor_pli,
+        "samples": len(times), "failures": reply["failures"],
+        "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
+        "max_ms": max(times) if times else None,
+    }
+
+
+async def latency(rig: Rig, load_viewers: int) -> dict[str, Any]:
+    """Stamp latency through the server and straight from the publisher, at the same time."""
+    await rig.publish("live-latency", "live", SIZES["480p"], 1.0)
+    assert rig.publisher is not None
+    offer = await rig.publisher.call("direct_offer")
+    answer = await rig.probe_call("direct", leg="direct", sdp=offer["sdp"])
+    await rig.publisher.call("direct_answer", sdp=answer["sdp"])
+    failed = await rig.set_viewers(load_viewers)
+    await asyncio.sleep(rig.plan.settle + 1.0)
+    for leg in ("main", "direct"):
+        await rig.probe_call("snapshot", leg=leg)
+    await asyncio.sleep(rig.plan.latency_seconds)
+    via, direct = [await rig.probe_call("snapshot", leg=leg) for leg in ("main", "direct")]
+    await rig.set_viewers(0)
+
+    def added(key: str) -> float | None:
+        return via[key] - direct[key] if via[key] is not None and direct[key] is not None else None
+
+    return {
+        "server": rig.kind, "load_viewers": load_viewers, "join_failures": failed,
+        "via_p50_ms": via["latency_p50_ms"], "via_p95_ms": via["latency_p95_ms"],
+        "direct_p50_ms": direct["latency_p50_ms"], "direct_p95_ms": direct["latency_p95_ms"],
+        "added_p50_ms": added("latency_p50_ms"), "added_p95_ms": added("latency_p95_ms"),
+        "via_fps": via["fps"], "direct_fps": direct["fps"], "frames": via["frames"],
+    }
+
+
+async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
+    """Every experiment of `plan`, Relay and the baseline in the same run."""
+    results: dict[str, Any] = {"sweeps": [], "joins": [], "latency": []}
+    for server in plan.servers:
+        async with Rig(server, plan, log_dir) as rig:
+            counts = plan.relay_counts if server == "relay" else plan.baseline_counts
+            for name in plan.sizes:
+                results["sweeps"].append((await sweep(rig, SIZES[name], counts, log)).summary())
+            for load in plan.latency_load:
+                results["latency"].append(await latency(rig, load))
+                log(f"{server} latency with {load} load viewers: {results['latency'][-1]}")
+            for gop in plan.gops:
+                results["joins"].append(await joins(rig, gop, honor_pli=True))
+                log(f"{server} joins: {results['joins'][-1]}")
+            if server == "relay":
+                for gop in plan.ignore_pli_gops:
+                    results["joins"].append(await joins(rig, gop, honor_pli=False))
+                    log(f"{server} joins: {results['joins'][-1]}")
+    return results

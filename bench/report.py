@@ -1,0 +1,136 @@
+"""The results as the Markdown tables of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GOAL_US_PER_PACKET = 10.0
+GOAL_JOIN_P95_MS = 300.0
+GOAL_ADDED_LATENCY_MS = 5.0
+
+
+def _f(value: float | None, spec: str = ".1f", scale: float = 1.0) -> str:
+    return "–" if value is None else format(value * scale, spec)
+
+
+def _ratio(relay: float | None, baseline: float | None) -> str:
+    if relay is None or baseline is None or baseline == 0:
+        return "–"
+    return f"{relay / baseline:.3g}×"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _pps(sweep: dict[str, Any]) -> float | None:
+    """Packets per second one viewer receives, from the largest passing window."""
+    steps = [s for s in sweep["steps"] if s["ok"]]
+    return steps[-1]["packets_per_s"] / steps[-1]["viewers"] if steps else None
+
+
+def _cost(results: dict[str, Any]) -> list[str]:
+    rows = []
+    sweeps = {(s["server"], s["size"]): s for s in results["sweeps"]}
+    metrics = [
+        ("CPU per viewer, % of a core", "cpu_per_viewer", ".2f", 100),
+        ("CPU-µs per forwarded packet per viewer", "us_per_packet", ".1f", 1),
+        ("server CPU with no viewer but the probe, % of a core", "idle_cpu", ".1f", 100),
+        ("RSS per viewer, MB", "rss_mb_per_viewer", ".2f", 1),
+        ("viewers per core, projected from the fit", "projected_viewers_per_core", ".0f", 1),
+        ("viewers measured at ≥ 29 fps, < 1 % loss", "capacity", "d", 1),
+    ]
+    for size in dict.fromkeys(s["size"] for s in results["sweeps"]):
+        relay, base = sweeps.get(("relay", size)), sweeps.get(("baseline", size))
+        rows.append([f"**{size}**", "", "", ""])
+        for label, key, spec, scale in metrics:
+            r = relay.get(key) if relay else None
+            b = base.get(key) if base else None
+            rows.append([label, _f(r, spec, scale), _f(b, spec, scale), _ratio(r, b)])
+        rows.append(["packets/s each viewer receives", _f(_pps(relay) if relay else None, ".0f"),
+                     _f(_pps(base) if base else None, ".0f"), ""])
+        rows.append(["what stopped the ramp", relay["capacity_limit"] if relay else "–",
+                     base["capacity_limit"] if base else "–", ""])
+    return _table(["", "Relay", "baseline (MediaRelay)", "Relay / baseline"], rows)
+
+
+def _joins(results: dict[str, Any]) -> list[str]:
+    base = {(j["gop_s"], j["publisher_honors_pli"]): j for j in results["joins"] if j["server"] == "baseline"}
+    rows = []
+    for j in results["joins"]:
+        ref = base.get((j["gop_s"], j["publisher_honors_pli"])) if j["server"] == "relay" else None
+        rows.append([
+            "Relay" if j["server"] == "relay" else "baseline", f"{j['gop_s']:g} s",
+            "yes" if j["publisher_honors_pli"] else "no", str(j["samples"]), str(len(j["failures"])),
+            _f(j["p50_ms"], ".0f"), _f(j["p95_ms"], ".0f"), _f(j["max_ms"], ".0f"),
+            _ratio(j["p95_ms"], ref["p95_ms"]) if ref else "",
+        ])
+    return _table(["server", "GOP", "publisher honours PLI", "joins", "failed", "p50 ms", "p95 ms", "max ms",
+                   "p95 Relay / baseline"], rows)
+
+
+def _latency(results: dict[str, Any]) -> list[str]:
+    rows = [[
+        "Relay" if r["server"] == "relay" else "baseline", str(r["load_viewers"]),
+        _f(r["via_p50_ms"], ".0f"), _f(r["direct_p50_ms"], ".0f"), _f(r["added_p50_ms"], ".0f"),
+        _f(r["via_p95_ms"], ".0f"), _f(r["direct_p95_ms"], ".0f"), _f(r["added_p95_ms"], ".0f"),
+    ] for r in results["latency"]]
+    return _table(["server", "load viewers", "via server p50", "direct p50", "added p50",
+                   "via server p95", "direct p95", "added p95"], rows)
+
+
+def _steps(results: dict[str, Any]) -> list[str]:
+    rows = []
+    for sweep in results["sweeps"]:
+        for s in sweep["steps"]:
+            rows.append([
+                sweep["server"], sweep["size"], str(s["viewers"]), _f(s["server_cpu"], ".1f", 100),
+                _f(s["packets_per_s"], ".0f"), _f(s["bits_per_s"], ".2f", 1e-6), _f(s["fps"], ".1f"),
+                _f(s["rtp_loss"], ".2f", 100), _f(s["rss_mb"], ".0f"), _f(s["load_cpu"], ".0f", 100),
+                _f(s["loadgen_us_per_packet"], ".1f"), f"{s['srtp_authentic']}/{s['srtp_sampled']}",
+                _f(s["server_core_busy"], ".0f", 100), _f(s["load_core_busy"], ".0f", 100),
+                "yes" if s["ok"] else "**no**",
+            ])
+    return _table(["server", "size", "viewers", "server CPU %", "packets/s out", "Mbps per load viewer",
+                   "probe fps", "probe loss %", "RSS MB", "load CPU %", "load gen µs/packet",
+                   "SRTP authentic/sampled", "server core busy %", "load core busy %", "ok"], rows)
+
+
+def _goals(results: dict[str, Any]) -> list[str]:
+    relay_sweeps = [s for s in results["sweeps"] if s["server"] == "relay" and s["us_per_packet"] is not None]
+    worst_us = max((s["us_per_packet"] for s in relay_sweeps), default=None)
+    gop4 = [j for j in results["joins"] if j["server"] == "relay" and j["gop_s"] == 4 and j["p95_ms"] is not None]
+    added = [r["added_p50_ms"] for r in results["latency"] if r["server"] == "relay" and r["added_p50_ms"] is not None]
+
+    def verdict(value: float | None, goal: float) -> str:
+        return "not measured" if value is None else ("met" if value <= goal else "**not met**")
+
+    rows = [
+        ["CPU-µs per packet per viewer", f"≤ {GOAL_US_PER_PACKET:g}", _f(worst_us), verdict(worst_us, GOAL_US_PER_PACKET)],
+    ]
+    for j in gop4:
+        pli = "honours" if j["publisher_honors_pli"] else "ignores"
+        rows.append([f"join p95 at GOP 4 s (publisher {pli} PLI)", f"≤ {GOAL_JOIN_P95_MS:g} ms",
+                     _f(j["p95_ms"], ".0f"), verdict(j["p95_ms"], GOAL_JOIN_P95_MS)])
+    worst_added = max(added, default=None)
+    rows.append(["relay-added latency p50", f"≤ {GOAL_ADDED_LATENCY_MS:g} ms", _f(worst_added, ".0f"),
+                 verdict(worst_added, GOAL_ADDED_LATENCY_MS)])
+    return _table(["goal", "target", "Relay", ""], rows)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results.get("machine", {})
+    lines = [
+        (f"Run {m.get('date', '?')} on {m.get('nproc', '?')} × {m.get('cpu', '?')} "
+         f"(Python {m.get('python', '?')}, Linux {m.get('kernel', '?')}); server on core {m.get('server_core')}, "
+         f"load on core {m.get('load_core')}; load average at start {_f((m.get('loadavg') or [None])[0], '.2f')}; "
+         f"{results.get('seconds', '?')} s. Command: `{results.get('command', 'python -m bench')}`"),
+        "", "Goals", "", *_goals(results),
+        "", "Forwarding cost and capacity (VP8 30 fps + Opus; fits over the passing windows)", "", *_cost(results),
+        "", "Join time: WHEP POST to first decoded frame (640x480)", "", *_joins(results),
+        "", ("Latency: stamp latency at the measuring viewer, through the server and direct from the "
+             "publisher at the same time (ms)"), "", *_latency(results),
+        "", "Every window", "", *_steps(results),
+    ]
+    return "\n".join(lines) + "\n"
