@@ -4,10 +4,12 @@ The publisher's tracks are decoded once and shared through `MediaRelay`;
 each viewer's sender encodes them again with its own encoder (VP8 and Opus
 from aiortc's defaults). One `MediaBlackhole` subscription keeps the decoder
 running without viewers, as the examples' recorder does; viewers subscribe
-unbuffered so a slow encoder drops frames instead of queueing them. It speaks
-just enough WHIP/WHEP for the benchmark: POST an offer, DELETE the session.
+unbuffered so a slow encoder drops frames instead of queueing them. Recording
+is aiortc's `MediaRecorder` (it encodes again). It speaks just enough
+WHIP/WHEP for the benchmark: POST an offer, DELETE the session, and Relay's
+POST/DELETE /api/streams/{stream}/recording.
 
-    python -m bench.baseline --port 8090
+    python -m bench.baseline --port 8090 --recordings-dir /tmp/rec
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+from pathlib import Path
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.contrib.media import MediaBlackhole, MediaRelay
+from aiortc.contrib.media import MediaBlackhole, MediaRecorder, MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from .peers import LOOPBACK, loopback_only
@@ -32,10 +35,12 @@ class Published:
         self.relay = MediaRelay()
         self.tracks: dict[str, MediaStreamTrack] = {}
         self.blackhole = MediaBlackhole()
+        self.recorder: MediaRecorder | None = None
 
 
 class Baseline:
-    def __init__(self) -> None:
+    def __init__(self, recordings: Path) -> None:
+        self.recordings = recordings
         self.streams: dict[str, Published] = {}
         self.sessions: dict[str, RTCPeerConnection] = {}
 
@@ -82,18 +87,45 @@ class Baseline:
         await pc.close()
         return web.Response()
 
+    def _published(self, request: web.Request) -> Published:
+        published = self.streams.get(request.match_info["stream"])
+        if published is None:
+            raise web.HTTPNotFound()
+        return published
+
+    async def start_recording(self, request: web.Request) -> web.Response:
+        published = self._published(request)
+        if published.recorder is None:
+            self.recordings.mkdir(parents=True, exist_ok=True)
+            published.recorder = MediaRecorder(str(self.recordings / f"{request.match_info['stream']}.webm"))
+            for track in published.tracks.values():
+                published.recorder.addTrack(published.relay.subscribe(track))
+            await published.recorder.start()
+        return web.json_response({"recording": True})
+
+    async def stop_recording(self, request: web.Request) -> web.Response:
+        published = self._published(request)
+        if published.recorder is not None:
+            await published.recorder.stop()
+            published.recorder = None
+        return web.json_response({"recording": False})
+
     async def close(self, app: web.Application) -> None:
         for published in self.streams.values():
             await published.blackhole.stop()
+            if published.recorder:
+                await published.recorder.stop()
         await asyncio.gather(*(pc.close() for pc in self.sessions.values()))
 
 
-def create_app() -> web.Application:
+def create_app(recordings: Path) -> web.Application:
     loopback_only()
-    baseline = Baseline()
+    baseline = Baseline(recordings)
     app = web.Application()
     app.router.add_post("/whip/{stream}", baseline.whip)
     app.router.add_post("/whep/{stream}", baseline.whep)
+    app.router.add_post("/api/streams/{stream}/recording", baseline.start_recording)
+    app.router.add_delete("/api/streams/{stream}/recording", baseline.stop_recording)
     app.router.add_delete("/{kind}/{stream}/{session}", baseline.delete)
     app.on_shutdown.append(baseline.close)
     return app
@@ -102,8 +134,9 @@ def create_app() -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--recordings-dir", type=Path, default=Path("recordings"))
     args = parser.parse_args()
-    web.run_app(create_app(), host=LOOPBACK, port=args.port, print=None)
+    web.run_app(create_app(args.recordings_dir), host=LOOPBACK, port=args.port, print=None)
 
 
 if __name__ == "__main__":

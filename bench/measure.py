@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from .peers import LOOPBACK
@@ -162,6 +163,7 @@ class Rig:
         self.stream = ""
         self.loop_frames: int | None = None
         self.join_errors: list[str] = []
+        self.recordings = log_dir / f"recordings-{kind}"
 
     def url(self, path: str) -> str:
         return f"http://{LOOPBACK}:{self.port}{path}"
@@ -169,10 +171,16 @@ class Rig:
     async def __aenter__(self) -> Rig:
         if self.kind == "relay":
             config = self.log_dir / "relay.yaml"
-            config.write_text(yaml.safe_dump({"ice": {"host_addresses": [LOOPBACK]}}))
+            config.write_text(yaml.safe_dump({
+                "ice": {"host_addresses": [LOOPBACK]},
+                # Admission control is not what is measured: hundreds of viewers join from one address.
+                "limits": {"requests_per_second": 0, "max_viewers_per_stream": 0},
+                "recording": {"dir": str(self.recordings)},
+            }))
             argv = [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(self.port)]
         else:
-            argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port)]
+            argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
+                    "--recordings-dir", str(self.recordings)]
         with (self.log_dir / f"{self.kind}-server.log").open("ab") as log:
             self.server = await asyncio.create_subprocess_exec(
                 *pinned(self.server_core, argv), stdout=log, stderr=log, env=child_env(),
@@ -386,6 +394,26 @@ async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
     return Sweep(rig.kind, size.name, info["video_bps"], steps, capacity, limit)
 
 
+async def recording(rig: Rig, size: Size) -> dict[str, Any]:
+    """Server CPU with the probe alone, then with the stream also recorded: the difference."""
+    await rig.set_viewers(0)
+    await asyncio.sleep(rig.plan.settle)
+    off = await rig.window(1, rig.plan.window)
+    url = rig.url(f"/api/streams/{rig.stream}/recording")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url) as response:
+            response.raise_for_status()
+        await asyncio.sleep(rig.plan.settle + LOOP_GOP)
+        on = await rig.window(1, rig.plan.window)
+        async with http.delete(url) as response:
+            response.raise_for_status()
+    written = sum(f.stat().st_size for f in rig.recordings.rglob("*") if f.is_file())
+    return {
+        "server": rig.kind, "size": size.name, "cpu_off": off.server_cpu, "cpu_on": on.server_cpu,
+        "cpu_per_stream": on.server_cpu - off.server_cpu, "bytes_written": written, "probe_fps": on.fps,
+    }
+
+
 async def joins(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
     """Join times at a live publisher with this GOP."""
     await rig.publish(f"live-gop{gop:g}-{'pli' if honor_pli else 'nopli'}", "live", SIZES["480p"], gop, honor_pli)
@@ -430,12 +458,14 @@ async def latency(rig: Rig, load_viewers: int) -> dict[str, Any]:
 
 async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
     """Every experiment of `plan`, Relay and the baseline in the same run."""
-    results: dict[str, Any] = {"sweeps": [], "joins": [], "latency": []}
+    results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": []}
     for server in plan.servers:
         async with Rig(server, plan, log_dir) as rig:
             counts = plan.relay_counts if server == "relay" else plan.baseline_counts
             for name in plan.sizes:
                 results["sweeps"].append((await sweep(rig, SIZES[name], counts, log)).summary())
+                results["recording"].append(await recording(rig, SIZES[name]))
+                log(f"{server} {name} recording: {results['recording'][-1]}")
             for load in plan.latency_load:
                 results["latency"].append(await latency(rig, load))
                 log(f"{server} latency with {load} load viewers: {results['latency'][-1]}")

@@ -80,19 +80,34 @@ def _latency(results: dict[str, Any]) -> list[str]:
                    "via server p95", "direct p95", "added p95"], rows)
 
 
+def _recording(results: dict[str, Any]) -> list[str]:
+    by = {(r["server"], r["size"]): r for r in results.get("recording", [])}
+    rows = []
+    for size in dict.fromkeys(r["size"] for r in results.get("recording", [])):
+        relay, base = by.get(("relay", size)), by.get(("baseline", size))
+        r = relay["cpu_per_stream"] if relay else None
+        b = base["cpu_per_stream"] if base else None
+        rows.append([size, _f(r, ".1f", 100), _f(b, ".1f", 100), _ratio(r, b),
+                     _f(relay["bytes_written"] if relay else None, ".1f", 1e-6),
+                     _f(base["bytes_written"] if base else None, ".1f", 1e-6)])
+    return _table(["size", "Relay, % of a core", "baseline (MediaRecorder), % of a core", "Relay / baseline",
+                   "Relay MB written", "baseline MB written"], rows)
+
+
 def _steps(results: dict[str, Any]) -> list[str]:
     rows = []
     for sweep in results["sweeps"]:
         for s in sweep["steps"]:
             rows.append([
                 sweep["server"], sweep["size"], str(s["viewers"]), _f(s["server_cpu"], ".1f", 100),
+                _f(s["server_kernel"], ".1f", 100),
                 _f(s["packets_per_s"], ".0f"), _f(s["bits_per_s"], ".2f", 1e-6), _f(s["fps"], ".1f"),
                 _f(s["rtp_loss"], ".2f", 100), _f(s["rss_mb"], ".0f"), _f(s["load_cpu"], ".0f", 100),
                 _f(s["loadgen_us_per_packet"], ".1f"), f"{s['srtp_authentic']}/{s['srtp_sampled']}",
                 _f(s["server_core_busy"], ".0f", 100), _f(s["load_core_busy"], ".0f", 100),
                 "yes" if s["ok"] else "**no**",
             ])
-    return _table(["server", "size", "viewers", "server CPU %", "packets/s out", "Mbps per load viewer",
+    return _table(["server", "size", "viewers", "server CPU %", "of which kernel %", "packets/s out", "Mbps per load viewer",
                    "probe fps", "probe loss %", "RSS MB", "load CPU %", "load gen µs/packet",
                    "SRTP authentic/sampled", "server core busy %", "load core busy %", "ok"], rows)
 
@@ -128,6 +143,8 @@ def markdown(results: dict[str, Any]) -> str:
          f"{results.get('seconds', '?')} s. Command: `{results.get('command', 'python -m bench')}`"),
         "", "Goals", "", *_goals(results),
         "", "Forwarding cost and capacity (VP8 30 fps + Opus; fits over the passing windows)", "", *_cost(results),
+        "", "Recording: server CPU for recording one stream (probe watching, no other viewer)", "",
+        *_recording(results),
         "", "Join time: WHEP POST to first decoded frame (640x480)", "", *_joins(results),
         "", ("Latency: stamp latency at the measuring viewer, through the server and direct from the "
              "publisher at the same time (ms)"), "", *_latency(results),

@@ -76,3 +76,12 @@ def test_join_times_and_latency_were_measured(results: dict[str, Any]) -> None:
         assert 0 < latency["direct_p50_ms"] < 1000, latency
         assert -50 < latency["added_p50_ms"] < 1000, latency
     assert {r["server"] for r in results["latency"]} == {"relay", "baseline"}
+
+
+def test_recording_cost_was_measured_on_a_real_recording(results: dict[str, Any]) -> None:
+    by_server = {r["server"]: r for r in results["recording"]}
+    relay = by_server["relay"]
+    # Several seconds of a ~1 Mbps stream were remuxed to disk while the probe still decoded it.
+    assert relay["bytes_written"] > 100_000, relay
+    assert relay["probe_fps"] > 20 and relay["cpu_on"] > 0, relay
+    assert by_server["baseline"]["cpu_per_stream"] is not None
