@@ -177,6 +177,11 @@ class Recorder:
 
     end = stop  # Stream.stop() ends every sink: the publisher left
 
+    @property
+    def backlog(self) -> int:
+        """Items the writer thread has yet to handle."""
+        return self._queue.qsize()
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the writer thread (blocking: run it off the loop); True if it finished."""
         if self._thread.is_alive():
@@ -270,7 +275,7 @@ class Recorder:
         if pts <= current.last_pts.get(kind, -1):
             self.dropped += 1
             return
-        if self._queue.qsize() >= MAX_QUEUE:
+        if self.backlog >= MAX_QUEUE:
             self._overflow()
             return
         self._queue.put(_Write(kind, packet, pts, frame.keyframe))

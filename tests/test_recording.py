@@ -6,9 +6,12 @@ import asyncio
 import itertools
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -16,7 +19,9 @@ import av
 import pytest
 from yarl import URL
 
+from relay import record
 from relay.client import WhipClient
+from relay.forward import FanOut, MediaFrame
 from relay.recordings import RECORDINGS, Recordings
 from relay.testpattern import TestPatternTrack, ToneTrack, read_stamp
 
@@ -309,7 +314,7 @@ async def test_a_killed_server_leaves_a_playable_file(tmp_path: Path, codec: str
 
 async def test_sigterm_finalises_the_file(tmp_path: Path) -> None:
     root = tmp_path / "rec"
-    server = spawn_relay(tmp_path, {"recording": {"enabled": True, "dir": str(root)}})
+    server = spawn_relay(tmp_path, script=["-m", "relay", "serve", "--record", "--recordings-dir", str(root)])
     try:
         sent = await publish_to_process(server.url("/whip/cam"), 3, "VP8", lambda: server.stop(signal.SIGTERM))
         assert server.process.returncode == 0
@@ -321,3 +326,70 @@ async def test_sigterm_finalises_the_file(tmp_path: Path) -> None:
     assert abs(recorded.header_duration - recorded.duration) < 0.1
     assert len(recorded.video) >= sent - 3, (len(recorded.video), sent)
     recorded.assert_continuous()
+
+
+async def test_an_audio_only_stream_is_recorded_to_webm(tmp_path: Path) -> None:
+    relay = await recording_relay(tmp_path, enabled=True)
+    try:
+        tone = ToneTrack()
+        async with WhipClient(relay.url("/whip/mic"), [tone]):
+            await relay.wait_until(lambda: tone.frames_sent >= 100)
+        sent = tone.frames_sent
+        await finished(relay, "mic")
+    finally:
+        await relay.server.close()
+    (path,) = files(tmp_path / "rec", "mic")
+    assert path.suffix == ".webm"
+    with av.open(str(path)) as container:
+        assert [s.codec_context.name for s in container.streams] == ["opus"]
+        packets = [p for p in container.demux() if p.size]
+    assert sent - 5 <= len(packets) <= sent
+    assert float(packets[0].pts * packets[0].time_base) < 0.1
+
+
+def vp8_frame(n: int, keyframe: bool) -> MediaFrame:
+    """A stand-in VP8 frame: a real keyframe header (320x240), filler after it."""
+    data = (b"\x00\x00\x00\x9d\x01\x2a" + (320).to_bytes(2, "little") + (240).to_bytes(2, "little")
+            if keyframe else b"\x01") + bytes(200)
+    packet = av.Packet(data)
+    packet.pts = packet.dts = n * 3000
+    packet.time_base = Fraction(1, 90000)
+    return MediaFrame(packet, keyframe, len(data))
+
+
+async def test_a_full_writer_queue_drops_to_the_next_keyframe(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    entered, gate = threading.Event(), threading.Event()
+    real_open = record._open
+    monkeypatch.setattr(record, "_open", lambda spec: (entered.set(), gate.wait(10), real_open(spec))[2])
+    requests: list[str] = []
+    stream = SimpleNamespace(name="cam", tracks={"video": SimpleNamespace(codec="VP8")},
+                             fanouts={"video": FanOut("video"), "audio": FanOut("audio")},
+                             request_keyframe=requests.append)
+    recorder = record.Recorder(stream, tmp_path)  # type: ignore[arg-type]
+    recorder.start()
+    stream.fanouts["video"].push(vp8_frame(0, True))
+    assert await asyncio.to_thread(entered.wait, 10)
+    for n in range(1, record.MAX_QUEUE + 10):  # the disk is stuck: the queue fills up
+        stream.fanouts["video"].push(vp8_frame(n, False))
+    assert recorder.overflows == 1 and recorder.waiting_keyframe
+    assert requests == ["recorder queue overflow"]
+    assert stream.fanouts["video"].any_waiting(), "the stream's requester must keep asking"
+    gate.set()
+    async with asyncio.timeout(10):
+        while recorder.backlog:
+            await asyncio.sleep(0.01)
+    n = record.MAX_QUEUE + 10
+    stream.fanouts["video"].push(vp8_frame(n, False))  # still waiting: dropped
+    for k in range(1, 4):
+        stream.fanouts["video"].push(vp8_frame(n + k, k == 1))
+    assert not recorder.waiting_keyframe and recorder.overflows == 1
+    recorder.stop()
+    assert await asyncio.to_thread(recorder.join, 10)
+    (path,) = files(tmp_path, "cam")
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux() if p.size]
+    written = record.MAX_QUEUE  # the writer took the file's opening off the queue, then stuck
+    assert len(packets) == written + 3
+    assert [p.is_keyframe for p in packets[written - 1:written + 2]] == [False, True, False]
+    assert packets[0].is_keyframe
