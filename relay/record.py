@@ -178,6 +178,11 @@ class Recorder:
     end = stop  # Stream.stop() ends every sink: the publisher left
 
     @property
+    def writing(self) -> bool:
+        """The writer thread still runs (a stopped recorder finishes its file first)."""
+        return self._thread.is_alive()
+
+    @property
     def backlog(self) -> int:
         """Items the writer thread has yet to handle."""
         return self._queue.qsize()

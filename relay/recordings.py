@@ -85,6 +85,8 @@ class FileOnDisk:
 
 
 class Recordings:
+    """The recorders of all streams and the files they leave; one per app."""
+
     def __init__(self, config: RecordingConfig, streams: Streams, join_timeout: float) -> None:
         self.config = config
         self.root = Path(config.dir).resolve()
@@ -138,6 +140,7 @@ class Recordings:
         if self._recorders.get(recorder.stream.name) is recorder:
             del self._recorders[recorder.stream.name]
         recorder.stop()
+        self._finishing = {r for r in self._finishing if r.writing}
         self._finishing.add(recorder)
         recorder.stream.set_recording(False)
 
