@@ -102,7 +102,11 @@ class VideoAssembler:
         if self._vp8:
             return vp8_frame_start(packet.payload)
         before = self._pending.get(seq - 1)
-        return before is not None and (bool(before[0].marker) or before[1] != ts)
+        if before is None:
+            # H.264 marks no frame start; without the packet before, an SPS is
+            # one (a keyframe begins with it), so the stream can start on it.
+            return h264_packet_nal_type(packet.payload) == H264_SPS
+        return bool(before[0].marker) or before[1] != ts
 
     def _find_start(self, after: int) -> int | None:
         for seq in sorted(s for s in self._pending if s >= after):

@@ -3,7 +3,9 @@
 libwebrtc ignores a keyframe request that comes within 300 ms of the last
 one, so requests are spaced by `min_interval`; one that comes too soon is
 deferred, never dropped; and while any viewer still waits for a keyframe the
-request is repeated every `retry_interval`, in case a PLI was lost.
+request is repeated every `retry_interval`, in case a PLI was lost. A request
+that cannot be sent yet (the publisher's video SSRC is not known before its
+first packet) stays pending and does not start the spacing.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
+UNSENT_RETRY = 0.05
+
 
 class KeyframeRequester:
     def __init__(
         self,
-        send: Callable[[], Awaitable[None]],
+        send: Callable[[], Awaitable[bool]],
         waiting: Callable[[], bool],
         min_interval: float = 0.5,
         retry_interval: float = 1.0,
@@ -55,13 +59,17 @@ class KeyframeRequester:
                 if delay > 0:
                     await asyncio.sleep(delay)
                     continue
-                self._pending = False
-                self._last = now
-                self.sent += 1
                 try:
-                    await self._send()
+                    sent = await self._send()
                 except ConnectionError as exc:
                     log.debug("keyframe request not sent: %s", exc)
+                    sent = True  # the connection is going away; do not spin
+                if sent:
+                    self._pending = False
+                    self._last = now
+                    self.sent += 1
+                else:
+                    await asyncio.sleep(UNSENT_RETRY)
                 continue
             self._wake.clear()
             timeout = self._retry_interval if self._waiting() else None

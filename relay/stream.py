@@ -177,10 +177,12 @@ class Stream:
             self.size = size
             self._on_change(self)
 
-    async def _send_pli(self) -> None:
+    async def _send_pli(self) -> bool:
         track, receiver = self.tracks.get("video"), self._receivers.get("video")
-        if track and receiver and track.ssrc is not None:
-            await aiortc_patch.send_pli(receiver, track.ssrc)
+        if track is None or receiver is None or track.ssrc is None:
+            return False  # no video packet yet: the requester keeps the request
+        await aiortc_patch.send_pli(receiver, track.ssrc)
+        return True
 
     def set_recording(self, recording: bool) -> None:
         """Set by the recordings manager, so the API and live updates show it."""

@@ -89,8 +89,9 @@ async def test_keyframe_requests_are_spaced_deferred_and_retried() -> None:
     sent: list[float] = []
     waiting = True
 
-    async def send() -> None:
+    async def send() -> bool:
         sent.append(time.monotonic())
+        return True
 
     requester = KeyframeRequester(send, lambda: waiting, min_interval=0.2, retry_interval=0.3)
     try:
@@ -109,5 +110,51 @@ async def test_keyframe_requests_are_spaced_deferred_and_retried() -> None:
         await asyncio.sleep(0.5)
         assert len(sent) == count  # nobody waits: no more requests
         assert sent[0] - start < 0.05
+    finally:
+        requester.close()
+
+
+def h264_frame(seq: int, ts: int, nal_types: list[int]) -> list[Pkt]:
+    """One packet per NAL unit (single NAL unit packets), the last with the marker."""
+    return [Pkt(seq + i, ts, int(i == len(nal_types) - 1), bytes([0x60 | t, i]), b"\x00\x00\x01" + bytes([0x60 | t, i]))
+            for i, t in enumerate(nal_types)]
+
+
+def test_h264_stream_starts_on_its_first_keyframe() -> None:
+    frames: list[EncodedFrame] = []
+    assembler = VideoAssembler("h264", frames.append, lambda: None)
+    for packet in h264_frame(500, 0, [7, 8, 5]) + h264_frame(503, 3000, [1]) + h264_frame(504, 6000, [1, 1]):
+        assembler.add(packet)
+    assert [f.keyframe for f in frames] == [True, False, False]
+    assert frames[0].data.count(b"\x00\x00\x01") == 3
+
+
+def test_h264_mid_stream_join_starts_at_a_known_frame_boundary() -> None:
+    frames: list[EncodedFrame] = []
+    assembler = VideoAssembler("h264", frames.append, lambda: None)
+    for packet in h264_frame(900, 0, [1, 1]) + h264_frame(902, 3000, [1]) + h264_frame(903, 6000, [7, 8, 5]):
+        assembler.add(packet)
+    # 900 may be the middle of a frame: the first frame emitted starts after a marker
+    assert [(f.timestamp - frames[0].timestamp, f.keyframe) for f in frames] == [(0, False), (3000, True)]
+
+
+async def test_a_request_that_cannot_be_sent_stays_pending_without_spacing() -> None:
+    ready = False
+    sent: list[float] = []
+
+    async def send() -> bool:
+        if ready:
+            sent.append(time.monotonic())
+        return ready
+
+    requester = KeyframeRequester(send, lambda: False, min_interval=0.5, retry_interval=5)
+    try:
+        requester.request("viewer joined")
+        await asyncio.sleep(0.2)
+        assert sent == []
+        ready = True  # the publisher's first video packet arrived
+        start = time.monotonic()
+        await asyncio.sleep(0.15)
+        assert len(sent) == 1 and sent[0] - start < 0.1
     finally:
         requester.close()
