@@ -4,8 +4,9 @@
  * and calling it from main().
  */
 import {
-  $, h, setStatus, watchStreams, formatBitrate, formatDuration, formatResolution, STREAM_NAME_RE,
+  $, h, setStatus, watchStreams, formatBitrate, formatBytes, formatDuration, formatResolution, STREAM_NAME_RE,
 } from "/static/ui.js";
+import { RelayError } from "/static/relay-client.js";
 
 const UPDATE_MODES = { events: "live updates", polling: "polling", offline: "server unreachable" };
 
@@ -13,7 +14,7 @@ const UPDATE_MODES = { events: "live updates", polling: "polling", offline: "ser
  * Stream table: one row per stream, updated in place (keeps focus and scroll position).
  * @param {{onMode: (mode: string) => void}} options
  */
-function mountStreamsSection({ onMode }) {
+function mountStreamsSection({ onMode, onRecordingChange }) {
   const tbody = $("#streams");
   const empty = $("#streams-empty");
   const count = $("#stream-count");
@@ -36,7 +37,8 @@ function mountStreamsSection({ onMode }) {
       recording: cell("Recording"),
       actions: h("td", { class: "actions-cell" }, h("div", { class: "actions" },
         h("a", { class: "btn btn-small btn-primary", href: `/watch/${encodeURIComponent(name)}` }, "Watch"),
-        h("a", { class: "btn btn-small", href: `/publish/${encodeURIComponent(name)}` }, "Publish"))),
+        h("a", { class: "btn btn-small", href: `/publish/${encodeURIComponent(name)}` }, "Publish"),
+        h("button", { class: "btn btn-small", type: "button", "data-action": "record" }, "Record"))),
     };
     cells.state.append(h("span", { class: "pill" }));
     const row = h("tr", { "data-stream": name }, ...Object.values(cells));
@@ -53,10 +55,17 @@ function mountStreamsSection({ onMode }) {
     cells.bitrate.textContent = s.live ? formatBitrate(s.bitrate_in) : "—";
     cells.uptime.textContent = uptime(s);
     cells.recording.replaceChildren(s.recording ? h("span", { class: "pill", "data-state": "recording" }, "REC") : "—");
+    const record = cells.actions.querySelector("[data-action=record]");
+    record.textContent = s.recording ? "Stop rec" : "Record";
+    record.disabled = !s.live;
+    record.onclick = () => onRecordingChange(s.name, !s.recording);
   };
 
+  let recordingState = "";
   const update = (streams) => {
     receivedAt = performance.now();
+    const state = streams.map((s) => `${s.name}:${s.recording}`).sort().join(",");
+    if (state !== recordingState) { recordingState = state; onRecordingChange(null); }
     const sorted = [...streams].sort((a, b) => Number(b.live) - Number(a.live) || a.name.localeCompare(b.name));
     const seen = new Set();
     sorted.forEach((s, i) => {
@@ -79,6 +88,61 @@ function mountStreamsSection({ onMode }) {
     for (const entry of rows.values()) entry.cells.uptime.textContent = uptime(entry.stream);
   }, 1000);
   watchStreams(update, { onMode });
+}
+
+/**
+ * Recordings: the files on disk, each playable in the page (the server serves ranges), downloadable
+ * and deletable. Returns `refresh(name?, on?)`: with a name it first turns that stream's recording
+ * on or off.
+ */
+function mountRecordingsSection() {
+  const tbody = $("#recordings");
+  const empty = $("#recordings-empty");
+  const count = $("#recording-count");
+  const error = $("#recordings-error");
+  const player = $("#recording-player");
+  const video = $("#recording-video");
+
+  const call = async (method, url) => {
+    const res = await fetch(url, { method, headers: { Accept: "application/json" } });
+    if (!res.ok) throw await RelayError.fromResponse(res);
+    return res.status === 204 ? null : res.json();
+  };
+  const report = (err) => {
+    error.textContent = err ? `Recordings: ${err.detail || err.message}` : "";
+    error.hidden = !err;
+  };
+
+  const row = (r) => {
+    const play = h("button", { class: "btn btn-small btn-primary", type: "button" }, "Play");
+    play.onclick = () => { player.hidden = false; video.src = r.url; video.play().catch(() => {}); };
+    const remove = h("button", { class: "btn btn-small", type: "button", disabled: r.recording || null }, "Delete");
+    remove.onclick = () => call("DELETE", r.url).then(() => refresh(), report);
+    const codecs = [r.codecs?.video, r.codecs?.audio].filter(Boolean).join(" + ") || "—";
+    return h("tr", { "data-file": r.file },
+      h("td", { "data-label": "Stream", class: "name" }, r.stream),
+      h("td", { "data-label": "Started" }, new Date(r.start).toLocaleString()),
+      h("td", { "data-label": "Duration", class: "num" }, formatDuration(r.duration)),
+      h("td", { "data-label": "Size", class: "num" }, formatBytes(r.size)),
+      h("td", { "data-label": "Codecs" }, r.recording ? h("span", { class: "pill", "data-state": "recording" }, "REC") : codecs),
+      h("td", { class: "actions-cell" }, h("div", { class: "actions" }, play,
+        h("a", { class: "btn btn-small", href: r.url, download: r.file }, "Download"), remove)));
+  };
+
+  const refresh = async (name = null, on = false) => {
+    try {
+      if (name) await call(on ? "POST" : "DELETE", `/api/streams/${encodeURIComponent(name)}/recording`);
+      const { recordings } = await call("GET", "/api/recordings");
+      tbody.replaceChildren(...recordings.map(row));
+      empty.hidden = recordings.length > 0;
+      count.textContent = recordings.length ? `${recordings.length} file${recordings.length === 1 ? "" : "s"}` : "";
+      report(null);
+    } catch (err) {
+      report(err);
+    }
+  };
+  setInterval(() => refresh(), 10_000);
+  return refresh;
 }
 
 /** "Go live" form: validates the name and opens /publish/NAME. */
@@ -106,7 +170,11 @@ function mountPublishForm() {
 
 function main() {
   const updates = $("#updates");
-  mountStreamsSection({ onMode: (mode) => setStatus(updates, mode === "offline" ? "error" : mode, UPDATE_MODES[mode]) });
+  const refreshRecordings = mountRecordingsSection();
+  mountStreamsSection({
+    onMode: (mode) => setStatus(updates, mode === "offline" ? "error" : mode, UPDATE_MODES[mode]),
+    onRecordingChange: refreshRecordings,
+  });
   mountPublishForm();
 }
 

@@ -92,6 +92,19 @@ export function formatBitrate(bps) {
 }
 
 /**
+ * @param {number|null|undefined} bytes
+ * @returns {string} e.g. "1.2 MB", or "—"
+ */
+export function formatBytes(bytes) {
+  if (bytes === null || bytes === undefined || !Number.isFinite(bytes)) return "—";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) { value /= 1000; unit += 1; }
+  return `${value.toFixed(unit && value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+/**
  * @param {number|null|undefined} seconds
  * @returns {string} e.g. "1:02:03", "4:05", or "—"
  */

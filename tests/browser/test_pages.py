@@ -9,7 +9,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from ..conftest import RunningRelay
+from relay.client import WhipClient
+from relay.testpattern import TestPatternTrack, ToneTrack
+
+from ..conftest import RunningRelay, start_relay
 from .conftest import page_errors, video_frames_decoded, video_pixels
 
 
@@ -78,3 +81,29 @@ async def test_publish_watch_twice_stop_and_resume(
 
     for page in (early, second, publisher, dashboard):
         assert page_errors(page) == []
+
+
+async def test_dashboard_records_lists_and_plays_a_recording(new_page: Any, artifacts_dir: Path, tmp_path: Path) -> None:
+    relay = await start_relay({"recording": {"dir": str(tmp_path / "rec")}})
+    try:
+        async with WhipClient(relay.url("/whip/rec"), [TestPatternTrack(320, 240), ToneTrack()]):
+            dashboard = await new_page()
+            await dashboard.goto(relay.url("/"))
+            record = 'tr[data-stream="rec"] [data-action="record"]'
+            await wait_js(dashboard, f"document.querySelector('{record}') && !document.querySelector('{record}').disabled")
+            await dashboard.click(record)
+            await wait_js(dashboard, "document.querySelector('#recordings tr')")
+            await asyncio.sleep(3)
+            await dashboard.click(record)  # stop
+            await wait_js(dashboard, f"document.querySelector('{record}').textContent === 'Record'")
+        await wait_js(dashboard, "[...document.querySelectorAll('#recordings tr')].some("
+                                 "r => !r.textContent.includes('REC') && r.textContent.includes('VP8'))")
+        await dashboard.click("#recordings tr .btn-primary")
+        await wait_js(dashboard, "document.querySelector('#recording-video').currentTime > 1")
+        size = await dashboard.evaluate("[document.querySelector('#recording-video').videoWidth,"
+                                        " document.querySelector('#recording-video').duration]")
+        assert size[0] == 320 and 2 < size[1] < 6
+        await dashboard.screenshot(path=artifacts_dir / "dashboard-recording.png", full_page=True)
+        assert page_errors(dashboard) == []
+    finally:
+        await relay.server.close()
