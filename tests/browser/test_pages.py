@@ -107,3 +107,16 @@ async def test_dashboard_records_lists_and_plays_a_recording(new_page: Any, arti
         assert page_errors(dashboard) == []
     finally:
         await relay.server.close()
+
+
+async def test_browser_publishes_h264_and_a_browser_plays_it(relay: RunningRelay, new_page: Any) -> None:
+    publisher = await new_page()
+    await publisher.goto(relay.url("/publish/h264"))
+    await publisher.select_option("#codec", "H264")
+    await publisher.click("#start")
+    await wait_js(publisher, "window.relayPublish && window.relayPublish.state === 'live'")
+    viewer = await new_page()
+    await viewer.goto(relay.url("/watch/h264"))
+    await assert_playing(viewer)
+    assert relay.ctx.streams.get("h264").tracks["video"].codec == "H264"
+    assert page_errors(viewer) == [] and page_errors(publisher) == []
