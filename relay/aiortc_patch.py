@@ -20,6 +20,7 @@ from typing import Any
 
 import aioice
 import aioice.ice
+import aioice.stun
 import aiortc
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
@@ -45,6 +46,8 @@ def _check() -> None:
         (RTCRtpSender.__init__, "_RTCRtpSender__encoder"),
         (RTCRtpSender._next_encoded_frame, "_RTCRtpSender__encoder"),
         (RTCRtpSender._handle_rtcp_packet, "_send_keyframe"),
+        (RTCRtpSender._handle_rtcp_packet, "_retransmit"),
+        (RTCRtpReceiver._handle_rtp_packet, "_send_rtcp_nack"),
         (aioice.ice.Connection.gather_candidates, "get_host_addresses"),
         (aioice.ice.Connection.query_consent, "CONSENT_FAILURES"),
     ]
@@ -153,9 +156,38 @@ _default_host_addresses = aioice.ice.get_host_addresses
 
 
 def set_consent_timeout(seconds: float) -> None:
-    """Detect a vanished peer within about `seconds` (aioice's default is 30 s)."""
-    aioice.ice.CONSENT_INTERVAL = 2
-    aioice.ice.CONSENT_FAILURES = max(1, math.ceil(seconds / 2))
+    """Detect a vanished peer within `seconds` at worst (aioice's default is about 30 s).
+
+    aioice sends one consent check every CONSENT_INTERVAL x 0.8-1.2 s with no
+    retransmission, so each failing check takes up to 1.2 x interval plus one
+    STUN timeout (RETRY_RTO); the peer is dropped after CONSENT_FAILURES
+    failures in a row. About eight checks per timeout tolerate the odd lost one.
+    """
+    interval = min(5.0, max(0.5, seconds / 8))
+    aioice.ice.CONSENT_INTERVAL = interval
+    aioice.ice.CONSENT_FAILURES = max(1, math.floor(seconds / (1.2 * interval + aioice.stun.RETRY_RTO)))
+
+
+def on_nack_sent(receiver: RTCRtpReceiver, callback: Callable[[int], None]) -> None:
+    """Tell `callback` how many packets each NACK the receiver sends asks for (runs only on loss)."""
+    send = receiver._send_rtcp_nack
+
+    async def counted(media_ssrc: int, lost: list[int]) -> None:
+        callback(len(lost))
+        await send(media_ssrc, lost)
+
+    receiver._send_rtcp_nack = counted  # type: ignore[method-assign]
+
+
+def on_nack_received(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call `callback` for each packet a viewer's NACK asks the sender to retransmit."""
+    retransmit = sender._retransmit
+
+    async def counted(sequence_number: int) -> None:
+        callback()
+        await retransmit(sequence_number)
+
+    sender._retransmit = counted  # type: ignore[method-assign]
 
 
 # --- Benchmark load viewers (bench/loadgen.py only) --------------------------

@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import aiortc_patch, api, endpoint, events, pages, recordings, whep, whip
+from . import aiortc_patch, api, auth, endpoint, events, health, limits, metrics, pages, recordings, whep, whip
 from .config import Config
 from .context import CONTEXT, Context
-from .problems import Problem, problem_middleware
+from .problems import problem_middleware
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamRes
 def _accepting(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def guarded(request: web.Request) -> web.StreamResponse:
         if not request.app[CONTEXT].accepting:
-            raise Problem(503, "shutting-down", "Relay is shutting down; retry on another server or later",
-                          headers={"Retry-After": "5"})
+            raise health.shutting_down()
         return await handler(request)
 
     return guarded
@@ -63,26 +62,31 @@ def _accepting(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) 
 
 def add_protocol_routes(app: web.Application) -> None:
     for kind, post in (("whip", whip.post), ("whep", whep.post)):
+        authorised = auth.protected(auth.ROLE[kind])
         resource = app.router.add_resource(f"/{kind}/{{stream}}")
-        resource.add_route("POST", _accepting(post))
+        resource.add_route("POST", _accepting(authorised(post)))
         resource.add_route("OPTIONS", endpoint.options)
         resource.add_route("GET", endpoint.empty)
         resource.add_route("HEAD", endpoint.empty)
         session = app.router.add_resource(f"/{kind}/{{stream}}/{{session}}")
         for method, handler in endpoint.session_handlers(kind).items():
-            session.add_route(method, handler)
+            session.add_route(method, handler if method == "OPTIONS" else authorised(handler))
 
 
 def create_app(config: Config) -> web.Application:
     aiortc_patch.restrict_host_addresses(config.ice.host_addresses)
     aiortc_patch.set_consent_timeout(config.ice.consent_timeout)
     app = web.Application(
-        middlewares=[cors_middleware(config.server.cors_origins), problem_middleware],
+        middlewares=[cors_middleware(config.server.cors_origins), problem_middleware,
+                     limits.rate_limit_middleware(config.limits)],
         client_max_size=config.server.max_body_bytes,
     )
     ctx = Context.create(config)
     app[CONTEXT] = ctx
+    limits.setup(app)
     add_protocol_routes(app)
+    health.add_routes(app)
+    metrics.setup(app)
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
     pages.add_routes(app)

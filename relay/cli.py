@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
 
@@ -13,6 +14,7 @@ from .config import ConfigError, load_config
 
 def serve(args: argparse.Namespace) -> int:
     from .app import create_app
+    from .auth import RedactingAccessLogger, is_loopback, publishing_open
 
     try:
         config = load_config(args.config)
@@ -27,14 +29,30 @@ def serve(args: argparse.Namespace) -> int:
         config.recording.enabled = True
     if args.recordings_dir:
         config.recording.dir = args.recordings_dir
+    if publishing_open(config.auth) and not is_loopback(config.server.host):
+        logging.getLogger("relay").warning(
+            "anyone who can reach %s may publish any stream: set auth.publish_token "
+            "(or per-stream tokens with auth.open_publish: false)", config.server.host)
     app = create_app(config)
     web.run_app(
         app,
         host=config.server.host,
         port=config.server.port,
         shutdown_timeout=config.server.shutdown_grace,
+        access_log_class=RedactingAccessLogger,
         print=lambda msg: print(f"relay: serving on http://{config.server.host}:{config.server.port}", flush=True),
     )
+    return 0
+
+
+def hash_token(args: argparse.Namespace) -> int:
+    from .auth import hash_token as digest
+
+    token = args.token or (getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline().strip())
+    if not token:
+        print("relay: no token given", file=sys.stderr)
+        return 2
+    print(digest(token))
     return 0
 
 
@@ -50,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="record every stream (sets recording.enabled; per-stream 'enabled: false' still wins)")
     p.add_argument("--recordings-dir", metavar="DIR", help="where recordings go (overrides recording.dir)")
     p.set_defaults(func=serve)
+    h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
+    h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")
+    h.set_defaults(func=hash_token)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -75,12 +75,38 @@ class RecordingConfig:
 
 
 @dataclass
+class StreamAuthConfig:
+    publish_token: str | None = None
+    view_token: str | None = None
+
+
+@dataclass
+class AuthConfig:
+    open_publish: bool = True
+    publish_token: str | None = None
+    view_token: str | None = None
+    streams: dict[str, StreamAuthConfig] = field(default_factory=dict)
+
+
+@dataclass
+class LimitsConfig:
+    max_streams: int = 100
+    max_viewers_per_stream: int = 500
+    max_candidates_per_patch: int = 64
+    requests_per_second: float = 10.0
+    request_burst: int = 30
+    tracked_clients: int = 10000
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ice: IceConfig = field(default_factory=IceConfig)
     codecs: CodecConfig = field(default_factory=CodecConfig)
     forwarding: ForwardConfig = field(default_factory=ForwardConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 VIDEO_CODECS = {"VP8", "H264"}
@@ -152,6 +178,8 @@ def _validate(config: Config) -> None:
     if config.forwarding.viewer_queue_frames < 2:
         raise ConfigError("forwarding.viewer_queue_frames: must be at least 2")
     _validate_recording(config.recording)
+    _validate_auth(config.auth)
+    _validate_limits(config.limits)
 
 
 def _validate_recording(recording: RecordingConfig) -> None:
@@ -167,6 +195,31 @@ def _validate_recording(recording: RecordingConfig) -> None:
     for name in recording.streams:
         if not valid_stream_name(name):
             raise ConfigError(f"recording.streams.{name}: not a stream name (1-64 letters, digits, '_' or '-')")
+
+
+def _validate_auth(auth: AuthConfig) -> None:
+    from .auth import token_problem
+    from .stream import valid_stream_name
+
+    tokens = {"auth": auth, **{f"auth.streams.{name}": s for name, s in auth.streams.items()}}
+    for prefix, section in tokens.items():
+        for key in ("publish_token", "view_token"):
+            problem = token_problem(getattr(section, key))
+            if problem:
+                raise ConfigError(f"{prefix}.{key}: {problem}")
+    for name in auth.streams:
+        if not valid_stream_name(name):
+            raise ConfigError(f"auth.streams.{name}: not a stream name (1-64 letters, digits, '_' or '-')")
+
+
+def _validate_limits(limits: LimitsConfig) -> None:
+    for key in ("max_streams", "max_viewers_per_stream", "max_candidates_per_patch", "requests_per_second"):
+        if getattr(limits, key) < 0:
+            raise ConfigError(f"limits.{key}: 0 (no limit) or a positive number")
+    if limits.requests_per_second and limits.request_burst < 1:
+        raise ConfigError("limits.request_burst: at least 1 request")
+    if limits.tracked_clients < 1:
+        raise ConfigError("limits.tracked_clients: at least 1 client address")
 
 
 def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> Config:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from . import limits
 from .config import Config
 from .context import context
 from .problems import Problem
@@ -110,6 +111,7 @@ def session_handlers(kind: str) -> dict[str, Callable[[web.Request], Awaitable[w
             fragment = parse_fragment(text)
         except SdpError as exc:
             raise Problem(400, "bad-sdpfrag", str(exc)) from None
+        limits.check_candidates(request, fragment)
         if if_match == "*" or fragment.ufrag is not None or fragment.pwd is not None:
             raise Problem(422, "ice-restart-unsupported",
                           "Relay cannot restart ICE (aiortc has no ICE restart); "
@@ -132,7 +134,7 @@ def session_handlers(kind: str) -> dict[str, Callable[[web.Request], Awaitable[w
 
     async def get(request: web.Request) -> web.Response:
         session_of(request, kind)
-        return empty(request)
+        return await empty(request)
 
     async def preflight(request: web.Request) -> web.Response:
         return web.Response(status=204, headers={"Accept-Patch": SDPFRAG})

@@ -63,7 +63,21 @@ def parse_offer(text: str) -> Offer:
     for m in media:
         if not m.codecs:
             raise SdpError(f"the {m.kind} m= section lists no codec (a=rtpmap)")
+    _check_bundle(description)
     return Offer(text, media)
+
+
+def _check_bundle(description: SessionDescription) -> None:
+    """aiortc leaves media without a transport (and crashes on close) when BUNDLE names unknown mids."""
+    mids = {m.rtp.muxId for m in description.media}
+    media_mids = {m.rtp.muxId for m in description.media if m.kind in ("audio", "video") and m.port}
+    for group in description.group:
+        if group.semantic != "BUNDLE":
+            continue
+        unknown = [mid for mid in group.items if mid not in mids]
+        if unknown or not group.items or group.items[0] not in media_mids:
+            raise SdpError(f"a=group:BUNDLE {' '.join(group.items)} must list the a=mid of the offer's "
+                           "m= sections, the first one an audio or video section")
 
 
 def capabilities(mime: str) -> list[RTCRtpCodecCapability]:

@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -85,6 +85,7 @@ class Session:
         if state == "connected" and self.connected_at is None:
             self.connected_at = time.monotonic()
             self.on_connected()
+            self._sessions.connected(self)
         if state in ("failed", "closed") and not self.closed:
             self.spawn(self.close(f"connection {state}"))
 
@@ -138,9 +139,15 @@ class Sessions:
         # Some clients close their peer connection before they DELETE: that
         # DELETE still deserves a 200, so closed sessions are remembered a while.
         self._closed: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # Told once per session when it first connects (metrics time the join).
+        self.connected_listeners: list[Callable[[Session], None]] = []
 
     def add(self, session: Session) -> None:
         self._by_id[session.id] = session
+
+    def connected(self, session: Session) -> None:
+        for listener in list(self.connected_listeners):
+            listener(session)
 
     def remove(self, session: Session) -> None:
         if self._by_id.pop(session.id, None) is not None:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -43,12 +43,20 @@ class RateMeter:
 
     def __init__(self, window: int = 3) -> None:
         self._buckets: deque[list[int]] = deque(maxlen=window + 1)
+        self._closed_total = 0
 
     def add(self, nbytes: int) -> None:
         second = int(time.monotonic())
         if not self._buckets or self._buckets[-1][0] != second:
+            if self._buckets:  # once a second, so /metrics costs nothing per packet
+                self._closed_total += self._buckets[-1][1]
             self._buckets.append([second, 0])
         self._buckets[-1][1] += nbytes
+
+    @property
+    def total(self) -> int:
+        """Every byte ever added."""
+        return self._closed_total + (self._buckets[-1][1] if self._buckets else 0)
 
     def bps(self) -> int:
         now = int(time.monotonic())
@@ -109,6 +117,10 @@ class Stream:
         self.since: datetime | None = None
         self.size: tuple[int, int] | None = None
         self.packets_in = 0
+        self.nacks_sent = 0
+        self.nacks_received = 0
+        # Counts of publishers and viewers gone, so totals() never goes down.
+        self._ended: Counter[str] = Counter()
         self.recording = False
         self.meter_in = RateMeter()
         self.meter_out = RateMeter()
@@ -122,7 +134,8 @@ class Stream:
 
     @property
     def keyframe_requests(self) -> int:
-        return self._keyframes.sent if self._keyframes else 0
+        """Keyframe requests sent to every publisher this stream has had."""
+        return self._ended["keyframe_requests"] + (self._keyframes.sent if self._keyframes else 0)
 
     @property
     def keyframe_reasons(self) -> dict[str, int]:
@@ -146,6 +159,13 @@ class Stream:
         self.tracks[kind] = track
         self._receivers[kind] = receiver
         aiortc_patch.tap_receiver(receiver, track.on_packet)
+        aiortc_patch.on_nack_sent(receiver, self._count_nacks_sent)
+
+    def _count_nacks_sent(self, packets: int) -> None:
+        self.nacks_sent += packets
+
+    def count_nack_received(self) -> None:
+        self.nacks_received += 1
 
     def stop(self, publisher: Any) -> None:
         """The publisher is gone: end every sink and go offline."""
@@ -153,6 +173,7 @@ class Stream:
             return
         if self._keyframes:
             self._keyframes.close()
+            self._ended["keyframe_requests"] += self._keyframes.sent
         self._keyframes = None
         self.publisher = None
         self.tracks = {}
@@ -197,7 +218,18 @@ class Stream:
     def remove_viewer(self, viewer: Any) -> None:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
+            self._ended.update(_sent(viewer))
             self._on_change(self)
+
+    def totals(self) -> Counter[str]:
+        """Counters over this stream's life, for /metrics: read at scrape time, never per packet."""
+        totals = Counter(self._ended)
+        for viewer in self.viewers:
+            totals.update(_sent(viewer))
+        totals.update(packets_in=self.packets_in, bytes_in=self.meter_in.total, nacks_sent=self.nacks_sent,
+                      nacks_received=self.nacks_received,
+                      keyframe_requests=self._keyframes.sent if self._keyframes else 0)
+        return totals
 
     def describe(self) -> dict[str, Any]:
         """The stream as the JSON API and the dashboard show it."""
@@ -220,6 +252,11 @@ class Stream:
         }
 
 
+def _sent(viewer: Any) -> Counter[str]:
+    tracks = getattr(viewer, "tracks", ())
+    return Counter(frames_out=sum(t.frames_sent for t in tracks), bytes_out=sum(t.bytes_sent for t in tracks))
+
+
 class Streams:
     """Every stream by name; listeners hear of each change (for live updates)."""
 
@@ -227,6 +264,8 @@ class Streams:
         self._config = config
         self._streams: dict[str, Stream] = {}
         self.listeners: list[Callable[[Stream], None]] = []
+        # Totals of streams already forgotten, so /metrics counters never go down.
+        self.retired: Counter[str] = Counter()
 
     def get(self, name: str) -> Stream | None:
         return self._streams.get(name)
@@ -250,3 +289,11 @@ class Streams:
     def _forget(self, stream: Stream) -> None:
         if not stream.live and not stream.viewers and self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
+            self.retired.update(stream.totals())
+
+    def totals(self) -> Counter[str]:
+        """Counters over every stream there has been."""
+        totals = Counter(self.retired)
+        for stream in self:
+            totals.update(stream.totals())
+        return totals

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import aiortc_patch
+from . import aiortc_patch, limits
 from .config import Config
 from .context import context
 from .endpoint import created, read_offer, stream_name
@@ -42,6 +42,7 @@ class ViewerSession(Session):
             aiortc_patch.on_keyframe_request(
                 transceiver.sender, lambda: self.stream.request_keyframe("viewer PLI/FIR")
             )
+            aiortc_patch.on_nack_received(transceiver.sender, self.stream.count_nack_received)
             self.tracks.append(track)
         answer = await self.answer(offer.sdp)
         self.stream.add_viewer(self)
@@ -86,11 +87,12 @@ async def post(request: web.Request) -> web.Response:
                       f"stream {name!r} has no live publisher; retry after {RETRY_AFTER} s",
                       headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name)})
     check_codecs(offer, stream)
-    session = ViewerSession(ctx.sessions, stream, ctx.config)
-    try:
-        answer = await session.negotiate(offer)
-    except Exception as exc:
-        await session.close("negotiation failed")
-        raise Problem(400, "negotiation-failed", f"the offer could not be applied: {exc}") from None
+    with limits.admit_viewer(request, stream):
+        session = ViewerSession(ctx.sessions, stream, ctx.config)
+        try:
+            answer = await session.negotiate(offer)
+        except Exception as exc:
+            await session.close("negotiation failed")
+            raise Problem(400, "negotiation-failed", f"the offer could not be applied: {exc}") from None
     session.start()
     return created(session, answer, ctx.config, [stream_events_link(name)])

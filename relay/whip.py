@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from . import limits
 from .config import Config
 from .context import context
 from .endpoint import created, read_offer, stream_name
@@ -73,6 +74,7 @@ async def post(request: web.Request) -> web.Response:
     name = stream_name(request)
     offer = await read_offer(request)
     codecs = choose_codecs(offer, ctx.config)
+    limits.admit_stream(request)
     stream = ctx.streams.get_or_create(name)
     if stream.live:
         raise Problem(409, "stream-live",

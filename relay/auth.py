@@ -1,0 +1,137 @@
+"""Per-stream publish and view tokens (RFC 9725 §4.7, WHEP §4.9.1).
+
+A stream's token is its own override from `auth.streams`, else the default
+for all streams. The config may hold a token itself or `sha256:<hex>` of it,
+so the file need not hold a secret. Presented tokens are hashed and compared
+with `hmac.compare_digest`, so the time taken says nothing about the secret.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_log import AccessLogger
+
+from .config import AuthConfig
+from .context import context
+from .endpoint import stream_name
+from .problems import Problem
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HASH_PREFIX = "sha256:"
+_HEX = re.compile(r"[0-9a-f]{64}")
+_TOKEN_QUERY = re.compile(r"([?&]token=)[^&#\s]*")
+# Who may use each protocol: WHIP publishes, WHEP views.
+ROLE = {"whip": "publish", "whep": "view"}
+
+
+def hash_token(token: str) -> str:
+    """The `sha256:<hex>` form of a token, for config files that must hold no secret."""
+    return HASH_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_problem(token: str | None) -> str | None:
+    """Why a configured token is unusable, or None when it is fine (None means no token)."""
+    if token is None:
+        return None
+    if not token or token != token.strip() or any(c.isspace() for c in token):
+        return "a token must be non-empty and contain no spaces"
+    if token.startswith(HASH_PREFIX) and not _HEX.fullmatch(token[len(HASH_PREFIX):]):
+        return "a sha256: token must be followed by 64 lowercase hex digits (see `relay hash-token`)"
+    return None
+
+
+def _digest(configured: str) -> bytes:
+    if configured.startswith(HASH_PREFIX):
+        return bytes.fromhex(configured[len(HASH_PREFIX):])
+    return hashlib.sha256(configured.encode()).digest()
+
+
+def required_token(auth: AuthConfig, stream: str, role: str) -> str | None:
+    """The token configured for `role` ("publish" or "view") on `stream`, or None."""
+    key = f"{role}_token"
+    override = auth.streams.get(stream)
+    own = getattr(override, key) if override else None
+    return own if own is not None else getattr(auth, key)
+
+
+def publishing_open(auth: AuthConfig) -> bool:
+    """Whether some stream name can be published to without any token."""
+    return auth.open_publish and auth.publish_token is None
+
+
+def presented_token(request: web.Request) -> str | None:
+    """`Authorization: Bearer x`, bare `Authorization: x`, or `?token=x`."""
+    header = request.headers.get("Authorization", "").strip()
+    if header:
+        scheme, _, rest = header.partition(" ")
+        return rest.strip() if scheme.lower() == "bearer" and rest.strip() else header
+    return request.query.get("token") or None
+
+
+def _unauthorized(detail: str, error: str | None = None) -> Problem:
+    challenge = 'Bearer realm="relay"' + (f', error="{error}"' if error else "")
+    return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def require(request: web.Request, stream: str, role: str) -> None:
+    """Raise a 401/403 problem unless the request may `role` ("publish"/"view") `stream`."""
+    auth = context(request).config.auth
+    expected = required_token(auth, stream, role)
+    if expected is None:
+        if role == "view" or auth.open_publish:
+            return
+        raise Problem(403, "publishing-closed",
+                      f"no publish token is configured for stream {stream!r} and auth.open_publish is false; "
+                      "ask the operator to set auth.publish_token or auth.streams.<name>.publish_token")
+    token = presented_token(request)
+    if token is None:
+        raise _unauthorized(f"stream {stream!r} needs a {role} token: send 'Authorization: Bearer <token>' "
+                            "or add ?token=<token> to the URL")
+    if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), _digest(expected)):
+        raise _unauthorized(f"the token is not valid to {role} stream {stream!r}", "invalid_token")
+
+
+def protected(role: str) -> Callable[[Handler], Handler]:
+    """Decorate a handler of a `{stream}` route so it runs only for holders of the `role` token."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            require(request, stream_name(request), role)
+            return await handler(request)
+
+        return guarded
+
+    return wrap
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact(text: str) -> str:
+    """Hide `?token=` values, so access logs hold no secret."""
+    return _TOKEN_QUERY.sub(r"\1***", text)
+
+
+class RedactingAccessLogger(AccessLogger):
+    """aiohttp's access log without the tokens some clients put in URLs (request line, Referer)."""
+
+    def _format_line(self, request: web.BaseRequest, response: web.StreamResponse,
+                     time: float) -> list[tuple[Any, Any]]:
+        return [(key, redact(value) if isinstance(value, str) else value)
+                for key, value in super()._format_line(request, response, time)]
