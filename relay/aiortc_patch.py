@@ -26,7 +26,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
-from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
 from aiortc.mediastreams import convert_timebase
 from aiortc.rtp import RtpPacket
 
@@ -48,6 +48,8 @@ def _check() -> None:
         (RTCRtpSender._handle_rtcp_packet, "_send_keyframe"),
         (RTCRtpSender._handle_rtcp_packet, "_retransmit"),
         (RTCRtpReceiver._handle_rtp_packet, "_send_rtcp_nack"),
+        (Vp8Encoder.target_bitrate.fget, "_Vp8Encoder__target_bitrate"),
+        (H264Encoder.target_bitrate.fget, "_H264Encoder__target_bitrate"),
         (aioice.ice.Connection.gather_candidates, "get_host_addresses"),
         (aioice.ice.Connection.query_consent, "CONSENT_FAILURES"),
     ]
@@ -120,6 +122,71 @@ _PACKERS: dict[str, Callable[[], Encoder]] = {
 def use_packer(sender: RTCRtpSender, mime_type: str) -> None:
     """Give the sender a pack-only encoder, so no codec context is ever opened."""
     sender._RTCRtpSender__encoder = _PACKERS[mime_type.lower()]()  # type: ignore[attr-defined]
+
+
+class _TunedEncoder(Encoder):
+    """aiortc's VP8/H.264 encoder with a bitrate ceiling and a keyframe interval.
+
+    Stock aiortc clamps the target to 250 kbps-1.5 Mbps, forces a keyframe
+    only on PLI/FIR (its VP8 GOP is 3000 frames) and restarts its encoder,
+    emitting a keyframe, whenever REMB moves the target by over 10 %. With an
+    interval, a new REMB target is applied at the next keyframe, so keyframes
+    come on schedule.
+    """
+
+    def __init__(self, inner: Encoder, bitrate: int | None, keyframe_interval: float | None) -> None:
+        self._inner = inner
+        self._ceiling = bitrate
+        self._interval = keyframe_interval
+        self._last_keyframe: float | None = None
+        self._pending: int | None = None
+        if bitrate:
+            self._apply(bitrate)
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        now = float(frame.pts * frame.time_base)
+        due = self._interval is not None and (
+            self._last_keyframe is None or now - self._last_keyframe >= self._interval - 1e-3
+        )
+        if force_keyframe or due:
+            force_keyframe = True
+            self._last_keyframe = now
+            if self._pending is not None:
+                self._apply(self._pending)
+                self._pending = None
+        return self._inner.encode(frame, force_keyframe)
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        return self._inner.pack(packet)
+
+    @property
+    def target_bitrate(self) -> int:
+        return self._inner.target_bitrate  # type: ignore[attr-defined,no-any-return]
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        if self._ceiling:
+            # REMB may lower the rate, never above the ceiling nor below aiortc's floor.
+            bitrate = max(min(bitrate, self._ceiling), min(MIN_BITRATE, self._ceiling))
+        if self._interval is not None and self._last_keyframe is not None:
+            self._pending = bitrate
+        else:
+            self._apply(bitrate)
+
+    def _apply(self, bitrate: int) -> None:
+        if self._ceiling:
+            # The mangled field bypasses the setter's clamp, which a ceiling may exceed.
+            setattr(self._inner, f"_{type(self._inner).__name__}__target_bitrate", bitrate)
+        else:
+            self._inner.target_bitrate = bitrate  # type: ignore[attr-defined]
+
+
+def tune_encoder(
+    sender: RTCRtpSender, mime_type: str, bitrate: int | None, keyframe_interval: float | None
+) -> None:
+    """Encode video for `sender` at most at `bitrate` bps, with a keyframe every `keyframe_interval` s."""
+    inner = {"video/vp8": Vp8Encoder, "video/h264": H264Encoder}[mime_type.lower()]()
+    sender._RTCRtpSender__encoder = _TunedEncoder(inner, bitrate, keyframe_interval)  # type: ignore[attr-defined]
 
 
 def answer_as_dtls_server(pc: RTCPeerConnection) -> None:

@@ -2,33 +2,53 @@
 
 They speak the protocols only (RFC 9725, draft-ietf-wish-whep-04): nothing
 here depends on Relay, so they work against any WHIP/WHEP server.
+
+aiortc gathers every ICE candidate before it creates an offer, so the offer
+carries them all and there is nothing left to trickle; for the same reason
+STUN/TURN servers must be known before the POST. Unless it is given
+`ice_servers`, a client asks the endpoint with `OPTIONS` first (RFC 9725
+§4.6 lets a server list them there); servers listed only in the 201 arrive
+too late for aiortc and are kept in `ice_servers` for the caller to reuse.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
-from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+from aiortc.sdp import SessionDescription
+
+from . import aiortc_patch
+from .encoded import EncodedTrack
+from .sdp import capabilities
+
+log = logging.getLogger(__name__)
 
 SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+MAX_REDIRECTS = 5
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
 _PARAM = re.compile(r';\s*([\w-]+)\s*=\s*"?([^";]*)"?')
 
 
-class SessionError(Exception):
+class ClientError(Exception):
+    """A session could not be set up or was lost; the message is one readable line."""
+
+
+class SessionError(ClientError):
     """The server refused the request; carries its RFC 9457 problem detail."""
 
     def __init__(self, status: int, title: str, detail: str, retry_after: float | None = None) -> None:
@@ -50,23 +70,44 @@ def parse_ice_server_links(values: list[str]) -> list[RTCIceServer]:
     return servers
 
 
-async def _problem(response: aiohttp.ClientResponse) -> SessionError:
-    text = await response.text()
-    title, detail = response.reason or "", text.strip()[:500]
-    if response.content_type == "application/problem+json":
+def negotiated_codecs(sdp: str) -> dict[str, dict[int, str]]:
+    """Payload type -> codec name ("VP8", "opus", ...) per mid, from an SDP."""
+    return {
+        str(media.rtp.muxId): {c.payloadType: c.mimeType.split("/")[1] for c in media.rtp.codecs}
+        for media in SessionDescription.parse(sdp).media
+    }
+
+
+def _first_codec(codecs: dict[int, str]) -> str | None:
+    return next((name for name in codecs.values() if name.lower() != "rtx"), None)
+
+
+def _problem(status: int, reason: str, headers: Any, text: str) -> SessionError:
+    title, detail = reason, " ".join(text.split())[:500]
+    if headers.get("Content-Type", "").split(";")[0].strip() == "application/problem+json":
         try:
             body = json.loads(text)
             title, detail = str(body.get("title", title)), str(body.get("detail", ""))
         except (ValueError, AttributeError):
             pass
-    retry = response.headers.get("Retry-After")
-    return SessionError(response.status, title, detail, float(retry) if retry and retry.isdigit() else None)
+    retry = headers.get("Retry-After", "")
+    return SessionError(status, title, detail, float(retry) if retry.isdigit() else None)
+
+
+@dataclass
+class _Reply:
+    status: int
+    reason: str
+    url: str
+    headers: Any
+    body: str
 
 
 class _Client:
     """What WHIP and WHEP clients share: the offer POST, the session URL, DELETE."""
 
-    direction = "sendonly"
+    protocol = "WHIP"
+    counter_offer_statuses: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -77,63 +118,238 @@ class _Client:
     ) -> None:
         self.url = url
         self.token = token
+        self.timeout = timeout
         self.location: str | None = None
         self.etag: str | None = None
         self.links: list[str] = []
-        self.pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=ice_servers or [], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-        )
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
-
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {}
-        if content_type:
-            headers["Content-Type"] = content_type
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        return headers
+        self.accept_patch: str | None = None
+        self.ice_servers_used: list[RTCIceServer] = []
+        self.pc: RTCPeerConnection | None = None
+        self.codecs: dict[str, str] = {}  # kind -> negotiated codec name ("VP8", "opus", ...)
+        self.posted_at: float | None = None  # time.monotonic() of the offer POST
+        self.connected = asyncio.Event()
+        self.ended = asyncio.Event()  # the media connection failed or closed
+        self._given_ice_servers = ice_servers
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     @property
     def ice_servers(self) -> list[RTCIceServer]:
         """The STUN/TURN servers the server advertised in its 201."""
         return parse_ice_server_links(self.links)
 
+    def _headers(self, content_type: str | None = None) -> dict[str, str]:
+        headers = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+            if content_type == SDPFRAG and self.etag:
+                headers["If-Match"] = self.etag
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def _request(self, method: str, url: str, body: str | None = None, content_type: str | None = None,
+                       timeout: float | None = None, also_ok: Collection[int] = ()) -> _Reply:
+        """One request, following 307/308 (RFC 9725 §4.5); errors become ClientError/SessionError."""
+        assert self._http is not None
+        limit = timeout or self.timeout
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                async with self._http.request(
+                    method, url, data=body, headers=self._headers(content_type), allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=limit),
+                ) as response:
+                    reply = _Reply(response.status, response.reason or "", url, response.headers, await response.text(errors="replace"))
+            except aiohttp.ClientConnectionError as exc:
+                raise ClientError(f"cannot reach {url}: {exc}") from None
+            except asyncio.TimeoutError:
+                raise ClientError(f"{url} did not answer {method} within {limit:g} s") from None
+            target = reply.headers.get("Location")
+            if reply.status in (307, 308) and target:
+                url = urljoin(url, target)
+                continue
+            if 300 <= reply.status < 400:
+                raise SessionError(reply.status, "Redirect", f"{url} redirects with {reply.status}; "
+                                   "WHIP/WHEP redirects must be 307 or 308 (RFC 9725 §4.5)")
+            if reply.status >= 400 and reply.status not in also_ok:
+                raise _problem(reply.status, reply.reason, reply.headers, reply.body)
+            return reply
+        raise ClientError(f"{self.url}: more than {MAX_REDIRECTS} redirects")
+
+    async def _discover_ice_servers(self) -> list[RTCIceServer]:
+        try:
+            reply = await self._request("OPTIONS", self.url, timeout=min(self.timeout, 3.0))
+        except SessionError as exc:
+            log.debug("OPTIONS %s: %s; using no STUN/TURN server", self.url, exc)
+            return []
+        return parse_ice_server_links(reply.headers.getall("Link", []))
+
+    def _new_peer_connection(self) -> RTCPeerConnection:
+        # WHIP/WHEP require max-bundle (RFC 9725 §4.4.1); aiortc defaults to balanced.
+        pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=self.ice_servers_used, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+
+        def on_state() -> None:
+            if pc is not self.pc:
+                return
+            if pc.connectionState == "connected":
+                self.connected.set()
+            elif pc.connectionState in ("failed", "closed"):
+                self.ended.set()
+
+        pc.on("connectionstatechange", on_state)
+        return pc
+
     def _prepare(self) -> None:
         raise NotImplementedError
 
     async def start(self) -> None:
+        """Negotiate: OPTIONS (unless `ice_servers` was given), POST the offer, apply the answer.
+
+        Whatever goes wrong, including cancellation, a session the server
+        created is deleted before the exception propagates.
+        """
+        self._http = aiohttp.ClientSession()
         try:
+            given = self._given_ice_servers
+            self.ice_servers_used = list(given) if given is not None else await self._discover_ice_servers()
+            self.pc = self._new_peer_connection()
             self._prepare()
             await self.pc.setLocalDescription(await self.pc.createOffer())
-            async with self._http.post(
-                self.url, data=self.pc.localDescription.sdp, headers=self._headers(SDP)
-            ) as response:
-                if response.status != 201:
-                    raise await _problem(response)
-                answer = await response.text()
-                location = response.headers.get("Location")
-                if not location:
-                    raise SessionError(response.status, "No Location", "the 201 carried no Location header")
-                self.location = urljoin(str(response.url), location)
-                self.etag = response.headers.get("ETag")
-                self.links = response.headers.getall("Link", [])
-            await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            self.posted_at = time.monotonic()
+            reply = await self._post_offer(self.pc.localDescription.sdp)
+            if reply.status == 406:
+                await self._accept_counter_offer(reply.body)
+            else:
+                await self._apply_answer(reply.body)
+            if self.ice_servers and not self.ice_servers_used:
+                log.warning("%s lists STUN/TURN servers only in its 201, after aiortc gathered its "
+                            "candidates; pass ice_servers= to use them", self.url)
         except BaseException:
             await self.close()
             raise
 
+    async def _post_offer(self, offer: str) -> _Reply:
+        """POST the offer; if cancelled meanwhile, still learn the session URL so it can be deleted."""
+        task = asyncio.ensure_future(self._post(offer))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task], timeout=self.timeout)
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: the cancellation is what propagates
+            raise
+
+    async def _post(self, offer: str) -> _Reply:
+        reply = await self._request("POST", self.url, offer, SDP, also_ok=self.counter_offer_statuses)
+        location = reply.headers.get("Location")
+        if reply.status in self.counter_offer_statuses and not self._counter_offer_ok(reply):
+            raise _problem(reply.status, reply.reason, reply.headers, reply.body)
+        if reply.status not in (201, *self.counter_offer_statuses):
+            raise SessionError(reply.status, "Unexpected answer",
+                               f"the POST of the offer got {reply.status}; a {self.protocol} endpoint answers 201")
+        if not location:
+            raise SessionError(reply.status, "No Location", f"the {reply.status} carried no Location header")
+        self.location = urljoin(reply.url, location)
+        self.etag = reply.headers.get("ETag")
+        self.links = reply.headers.getall("Link", [])
+        self.accept_patch = reply.headers.get("Accept-Patch")
+        return reply
+
+    def _counter_offer_ok(self, reply: _Reply) -> bool:
+        return False
+
+    async def _accept_counter_offer(self, offer: str) -> None:
+        raise NotImplementedError
+
+    async def _apply_answer(self, answer: str) -> None:
+        assert self.pc is not None
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        except Exception as exc:
+            raise ClientError(f"the answer from {self.url} cannot be used: {exc}") from None
+        self._learn_codecs(answer)
+
+    def _learn_codecs(self, sdp: str) -> None:
+        assert self.pc is not None
+        by_mid = negotiated_codecs(sdp)
+        for transceiver in self.pc.getTransceivers():
+            name = _first_codec(by_mid.get(str(transceiver.mid), {}))
+            if name:
+                self.codecs[transceiver.kind] = name
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until ICE and DTLS are up; ClientError if they fail or take too long."""
+        limit = timeout or self.timeout
+        connected = asyncio.ensure_future(self.connected.wait())
+        ended = asyncio.ensure_future(self.ended.wait())
+        try:
+            await asyncio.wait([connected, ended], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+            ended.cancel()
+        if not self.connected.is_set():
+            state = self.pc.connectionState if self.pc else "closed"
+            raise ClientError(
+                f"the media connection to {self.url} is {state} after {limit:g} s: ICE/DTLS did not "
+                "complete (is UDP to the server blocked? does it need a TURN server?)"
+            )
+
+    async def trickle(self, candidates: list[str], end: bool = True) -> bool:
+        """PATCH extra candidates (RFC 8840 lines such as "candidate:...") to the session.
+
+        aiortc puts every candidate into the offer, so this is only needed for
+        candidates found elsewhere. Returns False, sending nothing, when the
+        server did not advertise trickle ICE in the 201's Accept-Patch.
+        """
+        if not self.location or SDPFRAG not in (self.accept_patch or ""):
+            return False
+        assert self.pc is not None
+        local = self.pc.localDescription.sdp
+        ice = [line for line in local.splitlines() if line.startswith(("a=ice-ufrag:", "a=ice-pwd:"))]
+        media = next(m for m in SessionDescription.parse(local).media)
+        lines = ice[:2] + [f"m={media.kind} 9 {media.profile} {' '.join(str(f) for f in media.fmt)}",
+                           f"a=mid:{media.rtp.muxId}"]
+        lines += [c if c.startswith("a=") else f"a={c}" for c in candidates]
+        if end:
+            lines.append("a=end-of-candidates")
+        await self._request("PATCH", self.location, "\r\n".join(lines) + "\r\n", SDPFRAG)
+        return True
+
+    def spawn(self, coro: Any) -> None:
+        """Run a task that lives as long as the client."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
         """DELETE the session (if any) and release the peer connection; safe to call twice."""
+        if self._closing:
+            return
+        self._closing = True
         location, self.location = self.location, None
         try:
-            if location and not self._http.closed:
-                async with self._http.delete(location, headers=self._headers()):
-                    pass
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass
+            if location and self._http is not None:
+                try:
+                    async with self._http.delete(
+                        location, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=min(self.timeout, 3.0))
+                    ) as response:
+                        if response.status >= 300 and response.status != 404:
+                            log.warning("DELETE %s: HTTP %d", location, response.status)
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    log.warning("DELETE %s failed: %s", location, exc or type(exc).__name__)
         finally:
-            await self.pc.close()
-            await self._http.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self.pc is not None:
+                await self.pc.close()
+            self.ended.set()
+            if self._http is not None:
+                await self._http.close()
 
     async def __aenter__(self) -> _Client:
         await self.start()
@@ -145,36 +361,146 @@ class _Client:
         await self.close()
 
 
+def _mime(kind: str, codec: str) -> str:
+    mime = f"{kind}/{codec}"
+    if not any(c.mimeType.lower() == mime.lower() for c in capabilities(mime)):
+        raise ValueError(f"aiortc cannot send {kind} as {codec}")
+    return mime
+
+
 class WhipClient(_Client):
-    """Publishes aiortc tracks to a WHIP endpoint."""
+    """Publishes aiortc tracks to a WHIP endpoint.
+
+    `video_codec`/`audio_codec` ("VP8", "H264", "opus") restrict the offer to
+    one codec. Tracks of the kinds in `packets` yield encoded `av.Packet`s
+    (e.g. `MediaPlayer(path, decode=False)`) in that codec: they are only
+    packetized, no encoder is ever created for them. `video_bitrate` (bps)
+    caps the video encoder and `keyframe_interval` (s) forces regular keyframes.
+    """
 
     def __init__(
-        self, url: str, tracks: list[MediaStreamTrack], video_codec: str | None = None, **kwargs: object
+        self,
+        url: str,
+        tracks: list[MediaStreamTrack],
+        video_codec: str | None = None,
+        audio_codec: str | None = None,
+        packets: Collection[str] = (),
+        video_bitrate: int | None = None,
+        keyframe_interval: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(url, **kwargs)  # type: ignore[arg-type]
+        super().__init__(url, **kwargs)
         self._tracks = tracks
-        self._video_codec = video_codec
+        self._pinned = {k: _mime(k, c) for k, c in (("video", video_codec), ("audio", audio_codec)) if c}
+        missing = [k for k in packets if k not in self._pinned]
+        if missing:
+            raise ValueError(f"name the codec of the encoded {' and '.join(missing)} (video_codec=/audio_codec=)")
+        self._packets = set(packets)
+        self._video_bitrate = video_bitrate
+        self._keyframe_interval = keyframe_interval
+        self.transceivers: dict[str, RTCRtpTransceiver] = {}
 
     def _prepare(self) -> None:
+        assert self.pc is not None
         for track in self._tracks:
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
-            if track.kind == "video" and self._video_codec:
-                wanted = f"video/{self._video_codec}".lower()
-                transceiver.setCodecPreferences(
-                    [c for c in RTCRtpSender.getCapabilities("video").codecs
-                     if c.mimeType.lower() in (wanted, "video/rtx")]
-                )
+            mime = self._pinned.get(track.kind)
+            if mime:
+                transceiver.setCodecPreferences(capabilities(mime))
+            if track.kind in self._packets:
+                aiortc_patch.use_packer(transceiver.sender, mime)
+            self.transceivers[track.kind] = transceiver
+
+    async def _apply_answer(self, answer: str) -> None:
+        await super()._apply_answer(answer)
+        name = self.codecs.get("video", "")
+        video = self.transceivers.get("video")
+        tuned = self._video_bitrate or self._keyframe_interval
+        if video and tuned and "video" not in self._packets and name.lower() in ("vp8", "h264"):
+            aiortc_patch.tune_encoder(video.sender, f"video/{name}", self._video_bitrate, self._keyframe_interval)
 
 
 class WhepClient(_Client):
-    """Receives a stream from a WHEP endpoint; `tracks` holds what arrived, by kind."""
+    """Receives a stream from a WHEP endpoint.
 
-    def __init__(self, url: str, kinds: tuple[str, ...] = ("video", "audio"), **kwargs: object) -> None:
-        super().__init__(url, **kwargs)  # type: ignore[arg-type]
+    By default `tracks` holds aiortc's decoded tracks by kind. With
+    `encoded=True` nothing is decoded: `encoded` holds an `EncodedTrack` per
+    kind whose `recv()` returns whole encoded frames (`EncodedFrame`).
+    A server that answers with a counter-offer (406, WHEP §4.3) is followed.
+    """
+
+    protocol = "WHEP"
+    counter_offer_statuses = (406,)
+
+    def __init__(
+        self, url: str, kinds: tuple[str, ...] = ("video", "audio"), encoded: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(url, **kwargs)
         self._kinds = kinds
+        self._encoded = encoded
         self.tracks: dict[str, MediaStreamTrack] = {}
-        self.pc.on("track", lambda track: self.tracks.__setitem__(track.kind, track))
+        self.encoded: dict[str, EncodedTrack] = {}
+        self._payload_types: dict[str, dict[int, str]] = {}
 
     def _prepare(self) -> None:
+        assert self.pc is not None
         for kind in self._kinds:
             self.pc.addTransceiver(kind, direction="recvonly")
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self.tracks[track.kind] = track
+        if not self._encoded:
+            return
+        # Emitted inside setRemoteDescription, before any packet can arrive.
+        assert self.pc is not None
+        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
+        codecs = self._payload_types.get(str(transceiver.mid), {})
+        encoded = EncodedTrack(track.kind, transceiver.receiver, codecs)
+        self.encoded[track.kind] = encoded
+        aiortc_patch.tap_receiver(transceiver.receiver, encoded.on_packet)
+        self.spawn(self._until_media_ends(track, encoded))
+
+    @staticmethod
+    async def _until_media_ends(track: MediaStreamTrack, encoded: EncodedTrack) -> None:
+        # Decoding is off, so recv() only returns when the receiver stops.
+        try:
+            while True:
+                await track.recv()
+        except MediaStreamError:
+            pass
+        finally:
+            encoded.end()
+
+    async def _apply_answer(self, answer: str) -> None:
+        self._payload_types = negotiated_codecs(answer)
+        await super()._apply_answer(answer)
+
+    def _counter_offer_ok(self, reply: _Reply) -> bool:
+        return reply.headers.get("Content-Type", "").split(";")[0].strip() == SDP and bool(reply.body)
+
+    async def _accept_counter_offer(self, offer: str) -> None:
+        """The server sent its own offer (WHEP §4.3.2): answer it on a fresh peer connection."""
+        assert self.pc is not None and self.location is not None
+        old, self.pc = self.pc, self._new_peer_connection()
+        await old.close()
+        self.pc.on("track", self._on_track)
+        self._payload_types = negotiated_codecs(offer)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            for transceiver in self.pc.getTransceivers():
+                transceiver.direction = "recvonly"
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as exc:
+            raise ClientError(f"the counter-offer from {self.url} cannot be used: {exc}") from None
+        self._learn_codecs(offer)
+        await self._request("PATCH", self.location, self.pc.localDescription.sdp, SDP)
+
+    async def wait_track(self, kind: str, timeout: float | None = None) -> MediaStreamTrack:
+        """The received track of `kind`, once the answer has produced it."""
+        async with asyncio.timeout(timeout or self.timeout):
+            while kind not in self.tracks:
+                if self.ended.is_set():
+                    raise ClientError(f"{self.url} sent no {kind}")
+                await asyncio.sleep(0.02)
+        return self.tracks[kind]
