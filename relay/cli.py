@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from . import probe, publish, watch
 from .config import ConfigError, load_config
 
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
     h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")
     h.set_defaults(func=hash_token)
+    for client_command in (publish, watch, probe):
+        client_command.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,0 +1,249 @@
+"""`relay publish`, `relay watch` and `relay probe` as subprocesses against a Relay in the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from relay.client import WhepClient, WhipClient
+from relay.filesource import FileSource
+from relay.session import Session
+from relay.testpattern import TestPatternTrack, ToneTrack, make_frame, psnr, read_stamp
+
+from .conftest import RunningRelay, start_relay
+from .encoder_hooks import install
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTH, HEIGHT, FPS = 320, 240, 30
+
+
+@dataclass
+class Run:
+    code: int | None
+    stdout: str
+    stderr: str
+
+
+async def spawn(*args: str, module: str = "relay", env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """The CLI in its own process; its peers stay on loopback like the server's."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "RELAY_ICE_HOST_ADDRESSES": "127.0.0.1", **(env or {})},
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float = 30) -> Run:
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        return Run(None, out.decode(), err.decode())
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def cli(*args: str, timeout: float = 30, **kwargs: object) -> Run:
+    return await finish(await spawn(*args, **kwargs), timeout)  # type: ignore[arg-type]
+
+
+def one_line_error(run: Run) -> str:
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in run.stderr, run.stderr
+    assert len(lines) == 1, run.stderr
+    return lines[0]
+
+
+def make_media(path: Path, seconds: float, video: str = "libvpx", gop: int = 10) -> None:
+    """Test-pattern frames (counter n, send time 0) and a 440 Hz tone, encoded with PyAV."""
+    with av.open(str(path), "w") as out:
+        v = out.add_stream(video, rate=FPS)
+        v.width, v.height, v.pix_fmt, v.bit_rate = WIDTH, HEIGHT, "yuv420p", 400_000
+        v.codec_context.gop_size = gop
+        if video == "libx264":
+            v.codec_context.profile = "Baseline"
+        a = out.add_stream("libopus", rate=48000)
+        a.layout = "mono"
+        for n in range(round(seconds * FPS)):
+            frame = make_frame(n, WIDTH, HEIGHT, 0)
+            frame.pts, frame.time_base = n, Fraction(1, FPS)
+            out.mux(v.encode(frame))
+        tone = (0.3 * 32767 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * 48000)) / 48000)).astype(np.int16)
+        for start in range(0, tone.size - 959, 960):
+            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 960], format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, start, Fraction(1, 48000)
+            out.mux(a.encode(frame))
+        out.mux(v.encode(None))
+        out.mux(a.encode(None))
+
+
+async def decoded_counters(viewer: WhepClient, count: int) -> list[int]:
+    video = await viewer.wait_track("video")
+    counters = []
+    async with asyncio.timeout(10):
+        while len(counters) < count:
+            frame = await video.recv()
+            stamp = read_stamp(frame)
+            assert stamp is not None and psnr(frame, stamp.counter) > 25
+            counters.append(stamp.counter)
+    return counters
+
+
+async def test_publish_file_is_forwarded_without_any_encoder(
+    relay: RunningRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    media = tmp_path / "in.webm"
+    make_media(media, seconds=3)
+    server_counts = install(monkeypatch.setattr)  # this process is the server (and a decoding viewer)
+    counts_file = tmp_path / "counts.json"
+    env = {"ENCODER_COUNTS": str(counts_file)}
+    proc = await spawn("publish", relay.url("/whip/file"), "--file", str(media),
+                       module="tests.encoder_hooks", env=env)
+    await relay.wait_until(lambda: (s := relay.ctx.streams.get("file")) is not None and len(s.tracks) == 2)
+    async with WhepClient(relay.url("/whep/file")) as viewer:
+        counters = await decoded_counters(viewer, 30)
+    run = await finish(proc)
+    assert run.code == 0, run.stderr
+    assert "video vp8 as is, audio opus as is" in run.stderr
+    assert counters == list(range(counters[0], counters[0] + 30)), "frames of the file were lost or reordered"
+    assert counters[-1] < 3 * FPS
+    assert json.loads(counts_file.read_text()) == {}, "the publisher created an encoder"
+    assert dict(server_counts) == {}, "the server created an encoder"
+    await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+
+    # The hooks do see encoders: the same file, re-encoded on purpose.
+    run = await cli("publish", relay.url("/whip/file"), "--file", str(media), "--transcode",
+                    "--duration", "1", module="tests.encoder_hooks", env=env)
+    assert run.code == 0, run.stderr
+    counts = json.loads(counts_file.read_text())
+    assert counts["Vp8Encoder.encode"] > 10 and counts["OpusEncoder()"] == 1, counts
+
+
+@pytest.mark.parametrize("codec,suffix", [("VP8", ".webm"), ("H264", ".mp4")])
+async def test_watch_records_what_arrives(relay: RunningRelay, tmp_path: Path, codec: str, suffix: str) -> None:
+    video = TestPatternTrack(WIDTH, HEIGHT, FPS)
+    record = tmp_path / f"out{suffix}"
+    async with WhipClient(relay.url("/whip/rec"), [video, ToneTrack()], video_codec=codec, keyframe_interval=1):
+        run = await cli("watch", relay.url("/whep/rec"), "--record", str(record), "--duration", "3")
+    assert run.code == 0, run.stderr
+    recorded = re.search(rf"recorded (\d+\.\d) s to {re.escape(str(record))}", run.stdout)
+    assert recorded and abs(float(recorded[1]) - 3.0) <= 0.3, run.stdout
+    with av.open(str(record)) as container:
+        assert abs(container.duration / 1e6 - 3.0) < 0.4
+        assert container.streams.video[0].codec_context.name == codec.lower()
+        assert container.streams.audio[0].codec_context.name == "opus"
+        packets = [p for p in container.demux(video=0) if p.size]
+        assert packets[0].is_keyframe
+        container.seek(0)
+        stamps = [read_stamp(f) for f in container.decode(video=0)]
+    counters = [s.counter for s in stamps if s is not None]
+    assert len(counters) == len(stamps), "a recorded frame has no readable stamp"
+    assert 80 <= len(counters) <= 95
+    assert max(b - a for a, b in zip(counters, counters[1:])) == 1, "the recording skips frames"
+    await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+
+
+async def test_probe_three_viewers_json(relay: RunningRelay) -> None:
+    run = await cli("probe", relay.url("/whip/probe"), relay.url("/whep/probe"), "--viewers", "3",
+                    "--duration", "3", "--size", f"{WIDTH}x{HEIGHT}", "--json", timeout=40)
+    assert run.code == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["viewers"] == 3 and len(result["per_viewer"]) == 3
+    assert result["viewers_without_video"] == 0
+    assert 0 < result["join_ms"]["p50"] <= result["join_ms"]["p95"] < 3000
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] < 500
+    assert 25 <= result["fps"]["min"] <= result["fps"]["mean"] <= 31
+    assert result["frames_lost"] <= 9 and result["freezes"] <= 3
+    assert 100 < result["publisher_kbps"] < 3000
+    assert all(v["frames"] >= 75 and v["frames_unstamped"] == 0 for v in result["per_viewer"])
+    assert "probe: measuring" in run.stderr, "no progress was shown"
+    await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+
+
+async def test_conflict_is_one_readable_line_and_leaves_no_session(relay: RunningRelay) -> None:
+    async with WhipClient(relay.url("/whip/busy"), [TestPatternTrack(WIDTH, HEIGHT, FPS)]) as owner:
+        run = await cli("publish", relay.url("/whip/busy"), "--test-pattern", "--duration", "1")
+        assert run.code == 1
+        line = one_line_error(run)
+        assert line.startswith("relay publish: HTTP 409") and "already has a publisher" in line
+        assert [s.kind for s in relay.ctx.sessions] == ["whip"]
+        assert relay.ctx.streams.get("busy").publisher is not None
+        assert owner.location is not None
+    await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+
+
+async def test_wrong_token_is_one_readable_line() -> None:
+    relay = await start_relay({"auth": {"open_publish": False, "publish_token": "right-token"}})
+    try:
+        run = await cli("publish", relay.url("/whip/locked"), "--test-pattern", "--token", "wrong-token")
+        assert run.code == 1
+        assert one_line_error(run).startswith("relay publish: HTTP 401")
+        run = await cli("publish", relay.url("/whip/locked"), "--test-pattern", "--duration", "1",
+                        env={"RELAY_TOKEN": "right-token"})
+        assert run.code == 0, run.stderr
+        await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+    finally:
+        await relay.server.close()
+
+
+async def test_unreachable_server_and_bad_file_are_one_line() -> None:
+    watched, published = await asyncio.gather(
+        cli("watch", "http://127.0.0.1:9/whep/x"),
+        cli("publish", "http://127.0.0.1:9/whip/x", "--file", "/nonexistent.webm"),
+    )
+    assert watched.code == 1 and "cannot reach http://127.0.0.1:9/whep/x" in one_line_error(watched)
+    assert published.code == 2 and "cannot read /nonexistent.webm" in one_line_error(published)
+
+
+async def test_ctrl_c_deletes_the_sessions(relay: RunningRelay, monkeypatch: pytest.MonkeyPatch) -> None:
+    reasons: list[str] = []
+    close = Session.close
+
+    async def recording_close(self: Session, reason: str) -> None:
+        if not self.closed:
+            reasons.append(reason)
+        await close(self, reason)
+
+    monkeypatch.setattr(Session, "close", recording_close)
+    publisher = await spawn("publish", relay.url("/whip/sig"), "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}")
+    await relay.wait_until(lambda: (s := relay.ctx.streams.get("sig")) is not None and s.size is not None)
+    viewer = await spawn("watch", relay.url("/whep/sig"))
+    await relay.wait_until(lambda: relay.ctx.streams.get("sig").fanouts["video"].frames > 0
+                           and len(relay.ctx.streams.get("sig").viewers) == 1)
+    await asyncio.sleep(1)
+    viewer.send_signal(signal.SIGINT)
+    publisher.send_signal(signal.SIGINT)
+    watched, published = await asyncio.gather(finish(viewer, 10), finish(publisher, 10))
+    assert (watched.code, published.code) == (0, 0), watched.stderr + published.stderr
+    assert "Traceback" not in watched.stderr + published.stderr
+    assert watched.stdout.startswith("watched ") and published.stdout.startswith("published ")
+    await relay.wait_until(lambda: len(relay.ctx.sessions) == 0, timeout=3)
+    assert reasons == ["DELETE by the client"] * 2
+
+
+async def test_file_source_loops_with_rising_timestamps_and_annex_b(tmp_path: Path) -> None:
+    media = tmp_path / "short.mp4"
+    make_media(media, seconds=0.5, video="libx264")
+    source = FileSource(str(media), as_is=("video", "audio"), loop=True)
+    assert source.info.as_is == {"video": "H264", "audio": "opus"}
+    video = source.tracks["video"]
+    async with asyncio.timeout(5):
+        packets = [await video.recv() for _ in range(40)]
+    source.stop()
+    steps = [b.pts - a.pts for a, b in zip(packets, packets[1:])]
+    assert source.loops >= 2
+    assert all(0 < step < 3000 + 0.1 * 90000 for step in steps), f"timestamps go back or jump: {steps}"
+    assert steps.count(3000) >= len(steps) - source.loops, f"frames are not 1/30 s apart: {steps}"
+    assert all(bytes(p)[:4] == b"\x00\x00\x00\x01" or bytes(p)[:3] == b"\x00\x00\x01" for p in packets), \
+        "MP4's H.264 was not turned into Annex-B"
