@@ -96,5 +96,6 @@ def create_app(config: Config) -> web.Application:
         await ctx.sessions.close_all("server shutting down")
 
     app.on_shutdown.append(close_sessions)
+    app.on_cleanup.append(close_sessions)  # any a request still in flight at shutdown went on to make
     recordings.setup(app, ctx)
     return app

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import sys
+import threading
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -35,15 +38,37 @@ def serve(args: argparse.Namespace) -> int:
             "anyone who can reach %s may publish any stream: set auth.publish_token "
             "(or per-stream tokens with auth.open_publish: false)", config.server.host)
     app = create_app(config)
+    app.on_shutdown.insert(0, exit_deadline(config.server.shutdown_grace))
     web.run_app(
         app,
         host=config.server.host,
         port=config.server.port,
-        shutdown_timeout=config.server.shutdown_grace,
+        shutdown_timeout=config.server.shutdown_grace / 2,  # for requests in flight; the rest is for peers and files
         access_log_class=RedactingAccessLogger,
         print=lambda msg: print(f"relay: serving on http://{config.server.host}:{config.server.port}", flush=True),
     )
     return 0
+
+
+def exit_deadline(seconds: float) -> Callable[[web.Application], Awaitable[None]]:
+    """A shutdown hook that ends the process `seconds` after SIGTERM/SIGINT, whatever still hangs.
+
+    A timer thread, so a blocked event loop cannot stop it; recordings are
+    flushed every second, so at worst the last second of a file is lost.
+    """
+
+    async def arm(app: web.Application) -> None:
+        timer = threading.Timer(seconds, _exit_now, args=(seconds,))
+        timer.daemon = True
+        timer.start()
+
+    return arm
+
+
+def _exit_now(seconds: float) -> None:
+    logging.getLogger("relay").error("shutdown took longer than %g s (server.shutdown_grace): exiting now", seconds)
+    logging.shutdown()
+    os._exit(1)
 
 
 def hash_token(args: argparse.Namespace) -> int:
