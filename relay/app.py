@@ -86,7 +86,6 @@ def create_app(config: Config) -> web.Application:
     limits.setup(app)
     add_protocol_routes(app)
     health.add_routes(app)
-    metrics.setup(app)
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
     pages.add_routes(app)
@@ -97,5 +96,5 @@ def create_app(config: Config) -> web.Application:
 
     app.on_shutdown.append(close_sessions)
     app.on_cleanup.append(close_sessions)  # any a request still in flight at shutdown went on to make
-    recordings.setup(app, ctx)
+    metrics.setup(app, recordings.setup(app, ctx).totals)
     return app

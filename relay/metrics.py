@@ -9,12 +9,12 @@ the join time, once per session when it first connects.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from .context import CONTEXT, Context
@@ -38,9 +38,9 @@ COUNTERS = (
 class RelayCollector(Collector):
     """Reads the live state and the lifetime totals of one app at scrape time."""
 
-    def __init__(self, ctx: Context, recording_totals: Any = None) -> None:
+    def __init__(self, ctx: Context, recording_totals: Callable[[], Mapping[str, int]] | None) -> None:
         self._ctx = ctx
-        self.recording_totals = recording_totals
+        self._recording_totals = recording_totals
 
     def collect(self) -> Iterator[Metric]:
         ctx = self._ctx
@@ -65,12 +65,12 @@ class RelayCollector(Collector):
         totals = ctx.streams.totals()
         for name, documentation, key in COUNTERS:
             yield CounterMetricFamily(name, documentation, value=totals[key])
-        if self.recording_totals is not None:
-            recorded = self.recording_totals()
-            yield CounterMetricFamily("relay_recording_bytes", "Bytes written to recordings",
+        if self._recording_totals is not None:
+            recorded = self._recording_totals()
+            yield CounterMetricFamily("relay_recording_bytes", "Media bytes muxed into recording files",
                                       value=recorded["bytes"])
-            yield CounterMetricFamily("relay_recording_errors", "Recording write errors and dropped frames",
-                                      value=recorded["errors"])
+            yield CounterMetricFamily("relay_recording_errors",
+                                      "Recording write failures and writer-queue overflows", value=recorded["errors"])
 
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
@@ -78,15 +78,16 @@ COLLECTOR = web.AppKey("metrics_collector", RelayCollector)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """The text format, or OpenMetrics when the scraper's Accept asks for it."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(request.app[REGISTRY]), headers={"Content-Type": content_type})
 
 
-def setup(app: web.Application) -> RelayCollector:
+def setup(app: web.Application, recording_totals: Callable[[], Mapping[str, int]] | None = None) -> RelayCollector:
     """One registry per app (tests run many apps in one process); join times observed on connect."""
     ctx = app[CONTEXT]
     registry = CollectorRegistry()
-    collector = RelayCollector(ctx)
+    collector = RelayCollector(ctx, recording_totals)
     registry.register(collector)
     ProcessCollector(registry=registry)
     join = Histogram("relay_join_seconds", "From the offer POST to the peer connection connected",

@@ -151,6 +151,7 @@ class Recorder:
         self.overflows = 0
         self.dropped = 0
         self.write_errors = 0
+        self.bytes_written = 0  # muxed by the writer thread; /metrics reads it
         self._on_file_done = on_file_done
         self._inputs = [_Input(self, kind) for kind in ("video", "audio")]
         # Unbounded, so opening and closing files is never refused nor blocks
@@ -311,6 +312,7 @@ class Recorder:
                         out.pts = out.dts = item.pts
                         out.is_keyframe = item.keyframe
                         container.mux(out)
+                        self.bytes_written += out.size
                 elif isinstance(item, FileSpec):
                     container, streams = _open(item)
                 elif container is not None:  # _CLOSE or _EXIT

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,6 +96,7 @@ class Recordings:
         self._overrides: dict[str, bool] = {}
         self._recorders: dict[str, Recorder] = {}
         self._finishing: set[Recorder] = set()
+        self._retired: Counter[str] = Counter()  # counts of recorders already let go, for /metrics
         self._probes: dict[Path, tuple[tuple[int, float], Probe]] = {}
         self._accepting = True
         self._wake = asyncio.Event()
@@ -140,7 +142,8 @@ class Recordings:
         if self._recorders.get(recorder.stream.name) is recorder:
             del self._recorders[recorder.stream.name]
         recorder.stop()
-        self._finishing = {r for r in self._finishing if r.writing}
+        for done in [r for r in self._finishing if not r.writing]:
+            self._let_go(done)
         self._finishing.add(recorder)
         recorder.stream.set_recording(False)
 
@@ -299,8 +302,19 @@ class Recordings:
         done = await asyncio.gather(*(asyncio.to_thread(r.join, timeout) for r in finishing))
         for recorder, finished in zip(finishing, done):
             if finished:
-                self._finishing.discard(recorder)
+                self._let_go(recorder)
         return all(done)
+
+    def _let_go(self, recorder: Recorder) -> None:
+        self._finishing.discard(recorder)
+        self._retired.update(_counts(recorder))
+
+    def totals(self) -> Counter[str]:
+        """Bytes written and errors (write failures, writer overflows) over every recorder, for /metrics."""
+        totals = Counter(self._retired)
+        for recorder in {*self._recorders.values(), *self._finishing}:
+            totals.update(_counts(recorder))
+        return totals
 
     async def close(self, app: web.Application) -> None:
         """Shutdown: finalise every file (the sessions were closed before this)."""
@@ -311,6 +325,10 @@ class Recordings:
             self._task.cancel()
         if not await self.wait_finished(self._join_timeout):
             log.error("some recordings were not finalised within %.0f s", self._join_timeout)
+
+
+def _counts(recorder: Recorder) -> Counter[str]:
+    return Counter(bytes=recorder.bytes_written, errors=recorder.write_errors + recorder.overflows)
 
 
 RECORDINGS = web.AppKey("recordings", Recordings)
