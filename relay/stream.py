@@ -7,12 +7,11 @@ Viewers and recorders only ever see `MediaFrame`s.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from fractions import Fraction
 from typing import Any
@@ -258,11 +257,18 @@ def _sent(viewer: Any) -> Counter[str]:
 
 
 class Streams:
-    """Every stream by name; listeners hear of each change (for live updates)."""
+    """Every stream by name; listeners hear of each change (for live updates).
 
-    def __init__(self, config: ForwardConfig) -> None:
+    A stream that went offline stays listed (as offline) for `linger` seconds,
+    so pages can show "offline" rather than nothing; at most `max_offline` are kept.
+    """
+
+    def __init__(self, config: ForwardConfig, linger: float = 300.0, max_offline: int = 256) -> None:
         self._config = config
+        self._linger = linger
+        self._max_offline = max_offline
         self._streams: dict[str, Stream] = {}
+        self._offline_since: dict[str, float] = {}
         self.listeners: list[Callable[[Stream], None]] = []
         # Totals of streams already forgotten, so /metrics counters never go down.
         self.retired: Counter[str] = Counter()
@@ -271,25 +277,31 @@ class Streams:
         return self._streams.get(name)
 
     def get_or_create(self, name: str) -> Stream:
+        self._prune()
         stream = self._streams.get(name)
         if stream is None:
             stream = self._streams[name] = Stream(name, self._config, self._changed)
         return stream
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Stream]:
+        self._prune()
         return iter(list(self._streams.values()))
 
     def _changed(self, stream: Stream) -> None:
+        if stream.live or stream.viewers:
+            self._offline_since.pop(stream.name, None)
+        else:
+            self._offline_since.setdefault(stream.name, time.monotonic())
         for listener in list(self.listeners):
             listener(stream)
-        if not stream.live and not stream.viewers:
-            loop = asyncio.get_running_loop()
-            loop.call_soon(self._forget, stream)
 
-    def _forget(self, stream: Stream) -> None:
-        if not stream.live and not stream.viewers and self._streams.get(stream.name) is stream:
-            del self._streams[stream.name]
-            self.retired.update(stream.totals())
+    def _prune(self) -> None:
+        expired = time.monotonic() - self._linger
+        offline = sorted(self._offline_since.items(), key=lambda item: item[1])
+        for i, (name, since) in enumerate(offline):
+            if since < expired or i < len(offline) - self._max_offline:
+                del self._offline_since[name]
+                self.retired.update(self._streams.pop(name).totals())
 
     def totals(self) -> Counter[str]:
         """Counters over every stream there has been."""
