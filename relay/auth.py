@@ -82,22 +82,30 @@ def _unauthorized(detail: str, error: str | None = None) -> Problem:
     return Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
-def require(request: web.Request, stream: str, role: str) -> None:
-    """Raise a 401/403 problem unless the request may `role` ("publish"/"view") `stream`."""
+def refusal(request: web.Request, stream: str, role: str) -> Problem | None:
+    """The 401/403 problem if the request may not `role` ("publish"/"view") `stream`, else None."""
     auth = context(request).config.auth
     expected = required_token(auth, stream, role)
     if expected is None:
         if role == "view" or auth.open_publish:
-            return
-        raise Problem(403, "publishing-closed",
-                      f"no publish token is configured for stream {stream!r} and auth.open_publish is false; "
-                      "ask the operator to set auth.publish_token or auth.streams.<name>.publish_token")
+            return None
+        return Problem(403, "publishing-closed",
+                       f"no publish token is configured for stream {stream!r} and auth.open_publish is false; "
+                       "ask the operator to set auth.publish_token or auth.streams.<name>.publish_token")
     token = presented_token(request)
     if token is None:
-        raise _unauthorized(f"stream {stream!r} needs a {role} token: send 'Authorization: Bearer <token>' "
-                            "or add ?token=<token> to the URL")
+        return _unauthorized(f"stream {stream!r} needs a {role} token: send 'Authorization: Bearer <token>' "
+                             "or add ?token=<token> to the URL")
     if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), _digest(expected)):
-        raise _unauthorized(f"the token is not valid to {role} stream {stream!r}", "invalid_token")
+        return _unauthorized(f"the token is not valid to {role} stream {stream!r}", "invalid_token")
+    return None
+
+
+def require(request: web.Request, stream: str, role: str) -> None:
+    """Raise the 401/403 problem unless the request may `role` `stream`."""
+    problem = refusal(request, stream, role)
+    if problem is not None:
+        raise problem
 
 
 def protected(role: str) -> Callable[[Handler], Handler]:

@@ -25,6 +25,7 @@ from typing import Any
 import av
 from aiohttp import web
 
+from . import auth
 from .config import RecordingConfig
 from .context import Context
 from .endpoint import stream_name
@@ -350,7 +351,10 @@ async def list_recordings(request: web.Request) -> web.Response:
     only = request.query.get("stream")
     if only is not None and not valid_stream_name(only):
         raise Problem(400, "bad-stream-name", f"?stream={only[:80]!r} is not a stream name")
-    return web.json_response({"recordings": await recordings(request).list(only)})
+    if only is not None:
+        auth.require(request, only, "view")
+    listed = [r for r in await recordings(request).list(only) if not auth.refusal(request, r["stream"], "view")]
+    return web.json_response({"recordings": listed})
 
 
 async def download(request: web.Request) -> web.FileResponse:
@@ -373,11 +377,12 @@ def setup(app: web.Application, ctx: Context) -> Recordings:
     manager = Recordings(ctx.config.recording, ctx.streams, ctx.config.server.shutdown_grace)
     app[RECORDINGS] = manager
     ctx.streams.listeners.append(manager.on_stream)
-    app.router.add_post("/api/streams/{stream}/recording", start_recording)
-    app.router.add_delete("/api/streams/{stream}/recording", stop_recording)
-    app.router.add_get("/api/recordings", list_recordings)
-    app.router.add_get("/api/recordings/{stream}/{file}", download)
-    app.router.add_delete("/api/recordings/{stream}/{file}", delete)
+    publisher, viewer = auth.protected("publish"), auth.protected("view")
+    app.router.add_post("/api/streams/{stream}/recording", publisher(start_recording))
+    app.router.add_delete("/api/streams/{stream}/recording", publisher(stop_recording))
+    app.router.add_get("/api/recordings", list_recordings)  # lists what the token may view
+    app.router.add_get("/api/recordings/{stream}/{file}", viewer(download))
+    app.router.add_delete("/api/recordings/{stream}/{file}", publisher(delete))
     app.on_startup.append(manager.start)
     app.on_shutdown.append(manager.close)
     return manager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import subprocess
 import sys
@@ -15,10 +17,11 @@ from aiohttp.test_utils import make_mocked_request
 from relay.auth import RedactingAccessLogger, hash_token, required_token
 from relay.client import SessionError, WhepClient, WhipClient
 from relay.config import ConfigError, load_config
-from relay.testpattern import TestPatternTrack
+from relay.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import RunningRelay, free_port, start_relay
+from .conftest import RunningRelay, free_port, merge, start_relay
 from .test_http_errors import assert_problem, request
+from .test_recording import finished
 
 PUBLISH, VIEW, STUDIO = "pub-secret", "view-secret", "studio-secret"
 SETTINGS = {"auth": {
@@ -200,3 +203,38 @@ def test_serve_warns_when_publishing_is_open_beyond_loopback(tmp_path: Path) -> 
     assert "anyone who can reach 0.0.0.0 may publish" in serve_output(tmp_path, "0.0.0.0")
     assert "may publish" not in serve_output(tmp_path, "127.0.0.1")
     assert "may publish" not in serve_output(tmp_path, "0.0.0.0", f"auth:\n  publish_token: {PUBLISH}\n")
+
+
+async def test_recording_api_takes_the_stream_tokens(tmp_path: Path) -> None:
+    running = await start_relay(merge(SETTINGS, {"recording": {"dir": str(tmp_path)}}))
+    try:
+        switch = running.url("/api/streams/cam/recording")
+        response, body = await request("POST", switch)
+        assert_unauthorized(response, body, None)
+        response, body = await request("POST", switch, Authorization=f"Bearer {VIEW}")
+        assert_unauthorized(response, body, "invalid_token")
+        response, _ = await request("POST", switch, Authorization=f"Bearer {PUBLISH}")
+        assert response.status == 200
+        async with WhipClient(running.url("/whip/cam"), [ToneTrack()], token=PUBLISH):
+            await running.wait_until(lambda: any(tmp_path.glob("cam/*.webm")))
+            await asyncio.sleep(1)
+        await finished(running, "cam")
+        response, body = await request("GET", running.url("/api/recordings?stream=cam"))
+        assert_unauthorized(response, body, None)
+        response, body = await request("GET", running.url("/api/recordings"))
+        assert response.status == 200 and json.loads(body)["recordings"] == [], "listed without the view token"
+        response, body = await request("GET", running.url(f"/api/recordings?token={VIEW}"))
+        (listed,) = json.loads(body)["recordings"]
+        response, body = await request("GET", running.url(listed["url"]))
+        assert_unauthorized(response, body, None)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(running.url(listed["url"]), headers={"Authorization": VIEW}) as download:
+                assert download.status == 200 and len(await download.read()) == listed["size"]
+        response, body = await request("DELETE", running.url(listed["url"]), Authorization=f"Bearer {VIEW}")
+        assert_unauthorized(response, body, "invalid_token")
+        response, _ = await request("DELETE", running.url(listed["url"]), Authorization=f"Bearer {PUBLISH}")
+        assert response.status == 204 and not any(tmp_path.glob("cam/*.webm"))
+        response, _ = await request("DELETE", switch, Authorization=f"Bearer {PUBLISH}")
+        assert response.status == 200
+    finally:
+        await running.server.close()
