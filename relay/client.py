@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 MAX_REDIRECTS = 5
+SHORT_TIMEOUT = 3.0  # for the optional OPTIONS, and the DELETE on the way out (Ctrl-C must be quick)
 _LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
 _PARAM = re.compile(r';\s*([\w-]+)\s*=\s*"?([^";]*)"?')
 
@@ -160,7 +161,8 @@ class _Client:
                     method, url, data=body, headers=self._headers(content_type), allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=limit),
                 ) as response:
-                    reply = _Reply(response.status, response.reason or "", url, response.headers, await response.text(errors="replace"))
+                    text = await response.text(errors="replace")
+                    reply = _Reply(response.status, response.reason or "", url, response.headers, text)
             except aiohttp.ClientConnectionError as exc:
                 raise ClientError(f"cannot reach {url}: {exc}") from None
             except asyncio.TimeoutError:
@@ -179,7 +181,7 @@ class _Client:
 
     async def _discover_ice_servers(self) -> list[RTCIceServer]:
         try:
-            reply = await self._request("OPTIONS", self.url, timeout=min(self.timeout, 3.0))
+            reply = await self._request("OPTIONS", self.url, timeout=min(self.timeout, SHORT_TIMEOUT))
         except SessionError as exc:
             log.debug("OPTIONS %s: %s; using no STUN/TURN server", self.url, exc)
             return []
@@ -220,7 +222,7 @@ class _Client:
             await self.pc.setLocalDescription(await self.pc.createOffer())
             self.posted_at = time.monotonic()
             reply = await self._post_offer(self.pc.localDescription.sdp)
-            if reply.status == 406:
+            if reply.status in self.counter_offer_statuses:
                 await self._accept_counter_offer(reply.body)
             else:
                 await self._apply_answer(reply.body)
@@ -336,7 +338,8 @@ class _Client:
             if location and self._http is not None:
                 try:
                     async with self._http.delete(
-                        location, headers=self._headers(), timeout=aiohttp.ClientTimeout(total=min(self.timeout, 3.0))
+                        location, headers=self._headers(),
+                        timeout=aiohttp.ClientTimeout(total=min(self.timeout, SHORT_TIMEOUT)),
                     ) as response:
                         if response.status >= 300 and response.status != 404:
                             log.warning("DELETE %s: HTTP %d", location, response.status)

@@ -127,9 +127,10 @@ async def interruptible(stop: asyncio.Event, awaitable: Awaitable[T]) -> T:
         await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
         raise Interrupted
     return task.result()
 

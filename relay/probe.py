@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from aiortc.contrib.media import blackhole_consume
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .client import ClientError, SessionError, WhepClient, WhipClient
@@ -96,8 +97,8 @@ class Viewer:
                 if exc.status not in RETRY_STATUSES or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(min(exc.retry_after or 0.5, 0.5))
-        if "audio" in self.client.tracks:
-            self.client.spawn(_drain(self.client.tracks["audio"]))
+        if "audio" in self.client.tracks:  # aiortc decodes it anyway: unread frames would pile up
+            self.client.spawn(blackhole_consume(self.client.tracks["audio"]))
         return await self.client.wait_track("video")
 
     def summary(self, fps: float, until_time: float) -> dict[str, Any]:
@@ -118,15 +119,6 @@ class Viewer:
             "frames_unstamped": len(self.arrivals) - len(self.latencies),
             "error": self.error,
         }
-
-
-async def _drain(track: MediaStreamTrack) -> None:
-    """aiortc decodes every received track; unread frames would pile up in memory."""
-    try:
-        while True:
-            await track.recv()
-    except MediaStreamError:
-        pass
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -27,6 +27,9 @@ from .publish import positive
 from .testpattern import latency_ms, read_stamp
 
 WINDOW = 2.0  # seconds the live figures are averaged over
+# A stamp's latency outside this range (ms) was made on another clock (a file,
+# another machine): it says nothing about latency.
+SAME_CLOCK_MS = (-1000.0, 60000.0)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -126,8 +129,9 @@ async def _consume(track: EncodedTrack, figures: Figures, capture: Capture | Non
         for picture in decoded:
             figures.size = (picture.width, picture.height)
             stamp = read_stamp(picture)
-            if stamp is not None:
-                figures.add_latency(latency_ms(stamp))
+            latency = latency_ms(stamp) if stamp is not None else None
+            if latency is not None and SAME_CLOCK_MS[0] < latency < SAME_CLOCK_MS[1]:
+                figures.add_latency(latency)
 
 
 def _status(elapsed: float, figures: Figures, fps: float, kbps: float, latency: float | None,
@@ -166,7 +170,9 @@ async def watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
         asyncio.gather(*consumers, return_exceptions=True).add_done_callback(lambda _: media_ended.set())
         connected_at = time.monotonic()
         while True:
-            remaining = args.duration - (time.monotonic() - figures.first) if args.duration and figures.first else 0.5
+            remaining = 0.5
+            if args.duration and figures.first:
+                remaining = args.duration - (time.monotonic() - figures.first)
             await until(stop, client.ended, media_ended, timeout=max(0.0, min(0.5, remaining)))
             now = time.monotonic()
             elapsed = now - figures.first if figures.first else 0.0
@@ -206,7 +212,8 @@ def _summary(url: str, client: WhepClient, figures: Figures, loss: float, captur
     media = []
     if "video" in client.codecs:
         size = f" {figures.size[0]}x{figures.size[1]}" if figures.size else ""
-        media.append(f"video {client.codecs['video']}{size} {figures.frames['video'] / max(seconds, 1e-3):.1f} fps")
+        fps = figures.frames["video"] / max(seconds, 1e-3)
+        media.append(f"video {client.codecs['video']}{size} {fps:.1f} fps")
     if "audio" in client.codecs:
         media.append(f"audio {client.codecs['audio']} {figures.frames['audio']} frames")
     media.append(f"{figures.bytes / 1e6:.2f} MB, loss {loss:.1f}%")
