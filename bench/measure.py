@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import yaml
 
 from .peers import LOOPBACK
@@ -40,6 +41,7 @@ FPS = 30
 MIN_FPS = 29.0
 MAX_LOSS = 0.01
 SATURATED = 0.9  # our processes using this much of their core are the limit
+NO_PROBE = {"fps": 0.0, "rtp_loss": 0.0, "missing_frames": 0, "max_gap_ms": None, "rtp_received": 0}
 BUSY = 0.97  # a core this busy, whoever uses it, starves what we measure
 LOOP_GOP = 1.0
 
@@ -66,7 +68,8 @@ class Plan:
     settle: float
     gops: list[float]
     joins: int
-    join_pause: tuple[float, float]
+    join_pause: float  # at least this long between joins, plus a random part of the GOP:
+    join_spread: float  # up to this fraction of it (1: joins land anywhere in the GOP)
     ignore_pli_gops: list[float]  # Relay joins with a publisher that ignores PLI
     latency_seconds: float
     latency_load: list[int]
@@ -79,16 +82,16 @@ FULL = Plan(
     relay_counts=[1, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512],
     baseline_counts=[1, 2, 3, 4, 6, 8, 12, 16],
     window=6.0, settle=2.0,
-    gops=[1.0, 4.0], joins=20, join_pause=(0.3, 1.3), ignore_pli_gops=[1.0, 4.0],
+    gops=[1.0, 4.0], joins=20, join_pause=0.3, join_spread=1.0, ignore_pli_gops=[1.0, 4.0],
     latency_seconds=15.0, latency_load=[0, 15],
     load_processes=4,
 )
 SHORT = Plan(
     sizes=["480p"],
-    relay_counts=[1, 4, 8],
+    relay_counts=[1, 6],
     baseline_counts=[1, 2],
-    window=2.0, settle=1.2,
-    gops=[1.0, 4.0], joins=3, join_pause=(0.2, 0.6), ignore_pli_gops=[],
+    window=1.5, settle=1.0,
+    gops=[1.0, 4.0], joins=3, join_pause=0.2, join_spread=0.1, ignore_pli_gops=[],
     latency_seconds=3.0, latency_load=[0],
     load_processes=2,
 )
@@ -124,6 +127,7 @@ class Step:
     fps: float
     rtp_loss: float
     missing_frames: int
+    probe_max_gap_ms: float | None  # the longest wait between two decoded frames (a freeze)
     load_loss: float
     silent: int  # load viewers that got no video in the window
     srtp_sampled: int
@@ -132,7 +136,8 @@ class Step:
 
     @property
     def ok(self) -> bool:
-        return self.fps >= MIN_FPS and self.rtp_loss < MAX_LOSS and self.silent == 0
+        probe_ok = self.viewers == 0 or (self.fps >= MIN_FPS and self.rtp_loss < MAX_LOSS)
+        return probe_ok and self.silent == 0
 
     @property
     def limit(self) -> str:
@@ -210,9 +215,7 @@ class Rig:
                 await asyncio.sleep(0.1)
 
     async def __aexit__(self, *exc: object) -> None:
-        for child in [*self.loads, self.probe, self.publisher]:
-            if child:
-                await child.stop()
+        await asyncio.gather(*(child.stop() for child in [*self.loads, self.probe, self.publisher] if child))
         if self.server and self.server.returncode is None:
             self.server.send_signal(signal.SIGINT)
             try:
@@ -236,10 +239,10 @@ class Rig:
             fps=FPS, bitrate=size.bitrate, gop=gop, honor_pli=honor_pli,
         )
         self.loop_frames = info.get("loop_frames")
-        await self._wait_stream()
+        await self.watch()
         return info
 
-    async def _wait_stream(self, timeout: float = 15.0) -> None:
+    async def watch(self, timeout: float = 15.0) -> None:
         """Until the server takes viewers (Relay answers 409 until the first media arrives)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -274,10 +277,11 @@ class Rig:
         return {key: sum(r[key] for r in replies) for key in replies[0]}
 
     async def window(self, viewers: int, seconds: float) -> Step:
-        """Measure `seconds` at the current viewer count."""
+        """Measure `seconds` at the current viewer count (0: the publisher alone, no probe)."""
         assert self.server is not None
         pid = self.server.pid
-        await self.probe_call("snapshot", leg="main")
+        if viewers:
+            await self.probe_call("snapshot", leg="main")
         load0 = await self._load_stats()
         cores0, cpu0, t0 = core_times(), cpu_times(pid), time.monotonic()
         other0 = sum(cpu_seconds(p) for p in self._load_pids())
@@ -286,7 +290,7 @@ class Rig:
         cpu1, cores1, t1 = cpu_times(pid), core_times(), time.monotonic()
         other1 = sum(cpu_seconds(p) for p in self._load_pids())
         gen1 = sum(cpu_seconds(c.pid) for c in self.loads)
-        probe = await self.probe_call("snapshot", leg="main")
+        probe = await self.probe_call("snapshot", leg="main") if viewers else NO_PROBE
         load1 = await self._load_stats()
         elapsed = t1 - t0
         delta = {k: load1[k] - load0[k] for k in load0}
@@ -307,6 +311,7 @@ class Rig:
             fps=probe["fps"],
             rtp_loss=probe["rtp_loss"],
             missing_frames=probe["missing_frames"],
+            probe_max_gap_ms=probe["max_gap_ms"],
             load_loss=delta["lost"] / (load_packets + delta["lost"]) if load_packets else 0.0,
             silent=load1["silent"],
             srtp_sampled=delta["sampled"],
@@ -366,8 +371,11 @@ class Sweep:
 async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
     """Ramp viewers through `counts` until the probe fails; a failure is re-measured once."""
     info = await rig.publish(f"{size.name}-loop", "loop", size, LOOP_GOP, honor_pli=False)
+    await rig.probe_call("unwatch", leg="main")
+    await asyncio.sleep(rig.plan.settle)
+    steps = [await rig.window(0, rig.plan.window)]  # what the publisher alone costs
+    await rig.watch()
     await asyncio.sleep(rig.plan.settle + LOOP_GOP)
-    steps: list[Step] = []
     capacity, limit = None, f"plan ended at {counts[-1]} viewers"
     for viewers in counts:
         failed = await rig.set_viewers(viewers - 1)
@@ -394,12 +402,25 @@ async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
     return Sweep(rig.kind, size.name, info["video_bps"], steps, capacity, limit)
 
 
+def recorded_video_frames(directory: Path, since: float) -> tuple[int, int]:
+    """(video frames, bytes) in the files under `directory` written after `since` (epoch s)."""
+    frames = size = 0
+    for path in directory.rglob("*"):
+        if path.is_file() and path.stat().st_mtime >= since:
+            size += path.stat().st_size
+            with av.open(str(path)) as container:
+                video = [s for s in container.streams if s.type == "video"]
+                frames += sum(1 for p in container.demux(video) if p.size) if video else 0
+    return frames, size
+
+
 async def recording(rig: Rig, size: Size) -> dict[str, Any]:
     """Server CPU with the probe alone, then with the stream also recorded: the difference."""
     await rig.set_viewers(0)
     await asyncio.sleep(rig.plan.settle)
     off = await rig.window(1, rig.plan.window)
     url = rig.url(f"/api/streams/{rig.stream}/recording")
+    started = time.time()
     async with aiohttp.ClientSession() as http:
         async with http.post(url) as response:
             response.raise_for_status()
@@ -407,10 +428,13 @@ async def recording(rig: Rig, size: Size) -> dict[str, Any]:
         on = await rig.window(1, rig.plan.window)
         async with http.delete(url) as response:
             response.raise_for_status()
-    written = sum(f.stat().st_size for f in rig.recordings.rglob("*") if f.is_file())
+        stopped = time.time()
+    await asyncio.sleep(1.0)  # the writer closes the file
+    frames, written = recorded_video_frames(rig.recordings, started)
     return {
         "server": rig.kind, "size": size.name, "cpu_off": off.server_cpu, "cpu_on": on.server_cpu,
-        "cpu_per_stream": on.server_cpu - off.server_cpu, "bytes_written": written, "probe_fps": on.fps,
+        "cpu_per_stream": on.server_cpu - off.server_cpu, "bytes_written": written,
+        "frames_written": frames, "frames_sent": round((stopped - started) * FPS), "probe_fps": on.fps,
     }
 
 
@@ -418,8 +442,9 @@ async def joins(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
     """Join times at a live publisher with this GOP."""
     await rig.publish(f"live-gop{gop:g}-{'pli' if honor_pli else 'nopli'}", "live", SIZES["480p"], gop, honor_pli)
     await asyncio.sleep(1.0)
-    reply = await rig.probe_call("join", url=rig.url(f"/whep/{rig.stream}"), count=rig.plan.joins,
-                                 pause=rig.plan.join_pause)
+    # A random pause as long as the GOP puts each join at a random point of it.
+    pause = (rig.plan.join_pause, rig.plan.join_pause + gop * rig.plan.join_spread)
+    reply = await rig.probe_call("join", url=rig.url(f"/whep/{rig.stream}"), count=rig.plan.joins, pause=pause)
     times = [t * 1000 for t in reply["join_s"]]
     return {
         "server": rig.kind, "gop_s": gop, "publisher_honors_pli": honor_pli,
@@ -457,18 +482,27 @@ async def latency(rig: Rig, load_viewers: int) -> dict[str, Any]:
 
 
 async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
-    """Every experiment of `plan`, Relay and the baseline in the same run."""
+    """Every experiment of `plan`, Relay and the baseline in the same run.
+
+    Each sweep gets a fresh server, so its memory growth is its own.
+    """
     results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": []}
     for server in plan.servers:
-        async with Rig(server, plan, log_dir) as rig:
-            counts = plan.relay_counts if server == "relay" else plan.baseline_counts
-            for name in plan.sizes:
-                results["sweeps"].append((await sweep(rig, SIZES[name], counts, log)).summary())
+        counts = plan.relay_counts if server == "relay" else plan.baseline_counts
+        capacity = counts[-1]
+        for name in plan.sizes:
+            async with Rig(server, plan, log_dir) as rig:
+                result = await sweep(rig, SIZES[name], counts, log)
+                results["sweeps"].append(result.summary())
                 results["recording"].append(await recording(rig, SIZES[name]))
                 log(f"{server} {name} recording: {results['recording'][-1]}")
+            if name == "480p":
+                capacity = result.capacity or 1
+        async with Rig(server, plan, log_dir) as rig:
             for load in plan.latency_load:
-                results["latency"].append(await latency(rig, load))
-                log(f"{server} latency with {load} load viewers: {results['latency'][-1]}")
+                # Below the server's measured capacity: an overloaded server's latency is its backlog.
+                results["latency"].append(await latency(rig, min(load, max(0, capacity - 2))))
+                log(f"{server} latency: {results['latency'][-1]}")
             for gop in plan.gops:
                 results["joins"].append(await joins(rig, gop, honor_pli=True))
                 log(f"{server} joins: {results['joins'][-1]}")

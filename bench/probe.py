@@ -35,6 +35,7 @@ class Leg:
         self._loop = loop_frames or 1 << 32
         self._timed = loop_frames is None  # a replayed loop's stamps carry no send time
         self._last_counter: int | None = None
+        self._last_frame_at: float | None = None
         self._last_rtp = (0, 0)
         self._reset()
         self._tasks = [
@@ -48,11 +49,16 @@ class Leg:
         self.unreadable = 0
         self.missing = 0
         self.latencies: list[float] = []
+        self.max_gap = 0.0
 
     async def _video(self, track: MediaStreamTrack) -> None:
         try:
             while True:
                 frame = await track.recv()
+                now = time.monotonic()
+                if self._last_frame_at is not None:
+                    self.max_gap = max(self.max_gap, now - self._last_frame_at)
+                self._last_frame_at = now
                 stamp = read_stamp(frame)
                 if stamp is None:
                     self.unreadable += 1
@@ -99,6 +105,7 @@ class Leg:
             "fps": self.frames / elapsed if elapsed else 0.0,
             "unreadable": self.unreadable,
             "missing_frames": self.missing,
+            "max_gap_ms": self.max_gap * 1000,
             "rtp_received": window[0],
             "rtp_loss": window[1] / expected if expected > 0 else 0.0,
             "latency_p50_ms": percentile(self.latencies, 50),

@@ -26,7 +26,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _pps(sweep: dict[str, Any]) -> float | None:
     """Packets per second one viewer receives, from the largest passing window."""
-    steps = [s for s in sweep["steps"] if s["ok"]]
+    steps = [s for s in sweep["steps"] if s["ok"] and s["viewers"]]
     return steps[-1]["packets_per_s"] / steps[-1]["viewers"] if steps else None
 
 
@@ -36,7 +36,7 @@ def _cost(results: dict[str, Any]) -> list[str]:
     metrics = [
         ("CPU per viewer, % of a core", "cpu_per_viewer", ".2f", 100),
         ("CPU-µs per forwarded packet per viewer", "us_per_packet", ".1f", 1),
-        ("server CPU with no viewer but the probe, % of a core", "idle_cpu", ".1f", 100),
+        ("server CPU at 0 viewers (fit intercept), % of a core", "idle_cpu", ".1f", 100),
         ("RSS per viewer, MB", "rss_mb_per_viewer", ".2f", 1),
         ("viewers per core, projected from the fit", "projected_viewers_per_core", ".0f", 1),
         ("viewers measured at ≥ 29 fps, < 1 % loss", "capacity", "d", 1),
@@ -81,17 +81,13 @@ def _latency(results: dict[str, Any]) -> list[str]:
 
 
 def _recording(results: dict[str, Any]) -> list[str]:
-    by = {(r["server"], r["size"]): r for r in results.get("recording", [])}
     rows = []
-    for size in dict.fromkeys(r["size"] for r in results.get("recording", [])):
-        relay, base = by.get(("relay", size)), by.get(("baseline", size))
-        r = relay["cpu_per_stream"] if relay else None
-        b = base["cpu_per_stream"] if base else None
-        rows.append([size, _f(r, ".1f", 100), _f(b, ".1f", 100), _ratio(r, b),
-                     _f(relay["bytes_written"] if relay else None, ".1f", 1e-6),
-                     _f(base["bytes_written"] if base else None, ".1f", 1e-6)])
-    return _table(["size", "Relay, % of a core", "baseline (MediaRecorder), % of a core", "Relay / baseline",
-                   "Relay MB written", "baseline MB written"], rows)
+    for r in results.get("recording", []):
+        rows.append(["Relay" if r["server"] == "relay" else "baseline", r["size"], _f(r["cpu_off"], ".1f", 100),
+                     _f(r["cpu_on"], ".1f", 100), _f(r["cpu_per_stream"], ".1f", 100),
+                     f"{r['frames_written']}/{r['frames_sent']}", _f(r["bytes_written"], ".1f", 1e-6)])
+    return _table(["server", "size", "CPU % without", "CPU % recording", "recording, % of a core",
+                   "video frames in the file / published while on", "MB written"], rows)
 
 
 def _steps(results: dict[str, Any]) -> list[str]:
@@ -102,13 +98,14 @@ def _steps(results: dict[str, Any]) -> list[str]:
                 sweep["server"], sweep["size"], str(s["viewers"]), _f(s["server_cpu"], ".1f", 100),
                 _f(s["server_kernel"], ".1f", 100),
                 _f(s["packets_per_s"], ".0f"), _f(s["bits_per_s"], ".2f", 1e-6), _f(s["fps"], ".1f"),
-                _f(s["rtp_loss"], ".2f", 100), _f(s["rss_mb"], ".0f"), _f(s["load_cpu"], ".0f", 100),
+                _f(s["rtp_loss"], ".2f", 100), _f(s["probe_max_gap_ms"], ".0f"),
+                _f(s["rss_mb"], ".0f"), _f(s["load_cpu"], ".0f", 100),
                 _f(s["loadgen_us_per_packet"], ".1f"), f"{s['srtp_authentic']}/{s['srtp_sampled']}",
                 _f(s["server_core_busy"], ".0f", 100), _f(s["load_core_busy"], ".0f", 100),
                 "yes" if s["ok"] else "**no**",
             ])
     return _table(["server", "size", "viewers", "server CPU %", "of which kernel %", "packets/s out", "Mbps per load viewer",
-                   "probe fps", "probe loss %", "RSS MB", "load CPU %", "load gen µs/packet",
+                   "probe fps", "probe loss %", "probe max frame gap ms", "RSS MB", "load CPU %", "load gen µs/packet",
                    "SRTP authentic/sampled", "server core busy %", "load core busy %", "ok"], rows)
 
 
