@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import aiortc_patch, api, auth, endpoint, events, health, limits, metrics, pages, recordings, whep, whip
+from . import aiortc_patch, api, auth, endpoint, events, health, limits, metrics, openapi, pages, recordings, whep, whip
 from .config import Config
 from .context import CONTEXT, Context
 from .problems import problem_middleware
@@ -86,6 +86,7 @@ def create_app(config: Config) -> web.Application:
     limits.setup(app)
     add_protocol_routes(app)
     health.add_routes(app)
+    openapi.add_routes(app)
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
     pages.add_routes(app)
