@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -507,3 +507,28 @@ class WhepClient(_Client):
                     raise ClientError(f"{self.url} sent no {kind}")
                 await asyncio.sleep(0.02)
         return self.tracks[kind]
+
+
+async def start_when_live(
+    make: Callable[[], WhepClient],
+    deadline: float | None = None,
+    max_wait: float = 5.0,
+    on_retry: Callable[[SessionError], None] | None = None,
+) -> WhepClient:
+    """Start clients from `make()` until the server takes one.
+
+    409 (no live publisher yet, WHEP §4.3.8) and 503 (busy) are retried after
+    the server's Retry-After, at most `max_wait` s, until `deadline`
+    (time.monotonic(); None: forever).
+    """
+    while True:
+        client = make()
+        try:
+            await client.start()
+            return client
+        except SessionError as exc:
+            if exc.status not in (409, 503) or (deadline is not None and time.monotonic() >= deadline):
+                raise
+            if on_retry:
+                on_retry(exc)
+            await asyncio.sleep(min(exc.retry_after or 1.0, max_wait))

@@ -22,12 +22,11 @@ import numpy as np
 from aiortc.contrib.media import blackhole_consume
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .client import ClientError, SessionError, WhepClient, WhipClient
+from .client import ClientError, WhepClient, WhipClient, start_when_live
 from .console import Interrupted, StatusLine, add_client_options, client_options, interruptible, run, until
 from .publish import bytes_sent, parse_bitrate, parse_size, positive
 from .testpattern import TestPatternTrack, ToneTrack, latency_ms, read_stamp
 
-RETRY_STATUSES = (409, 503)  # the stream is not live yet / the server is busy: retry
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -85,18 +84,15 @@ class Viewer:
         except TimeoutError:
             self.error = "the answer brought no video track"
 
+    def _new_client(self) -> WhepClient:
+        self.client = WhepClient(self.url, **self.options)
+        self.posted = self.posted or time.monotonic()  # join time counts from the first POST
+        return self.client
+
     async def _join(self, deadline: float) -> MediaStreamTrack:
-        """POST until the stream is live (409/503 are retried), timing from the first POST."""
-        while True:
-            self.client = WhepClient(self.url, **self.options)
-            self.posted = self.posted or time.monotonic()
-            try:
-                await self.client.start()
-                break
-            except SessionError as exc:
-                if exc.status not in RETRY_STATUSES or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(min(exc.retry_after or 0.5, 0.5))
+        """POST until the stream is live (409/503 are retried)."""
+        await start_when_live(self._new_client, deadline, max_wait=0.5)
+        assert self.client is not None
         if "audio" in self.client.tracks:  # aiortc decodes it anyway: unread frames would pile up
             self.client.spawn(blackhole_consume(self.client.tracks["audio"]))
         return await self.client.wait_track("video")

@@ -20,7 +20,7 @@ import av
 from aiortc.mediastreams import MediaStreamError
 
 from .capture import Capture
-from .client import ClientError, WhepClient
+from .client import ClientError, WhepClient, start_when_live
 from .console import StatusLine, UsageError, add_client_options, client_options, interruptible, run, until
 from .encoded import EncodedTrack
 from .publish import positive
@@ -43,6 +43,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="write what arrives, without re-encoding: .webm for VP8 or audio only, .mp4 for H.264")
     p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds of media")
     p.add_argument("--video-only", action="store_true", help="do not ask for audio")
+    p.add_argument("--wait", action="store_true",
+                   help="while the stream is offline (409) or the server busy (503), retry until it is live")
     add_client_options(p)
     p.set_defaults(func=lambda args: run(watch, args))
 
@@ -150,12 +152,15 @@ async def watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if args.record is not None and not args.record.parent.is_dir():
         raise UsageError(f"{args.record.parent} is not a directory")
     kinds = ("video",) if args.video_only else ("video", "audio")
-    client = WhepClient(args.url, kinds=kinds, encoded=True, **client_options(args))
     status = StatusLine()
     capture: Capture | None = None
     consumers: list[asyncio.Task[None]] = []
     ended_by = "stop"
-    await interruptible(stop, client.start())
+    client = await interruptible(stop, start_when_live(
+        lambda: WhepClient(args.url, kinds=kinds, encoded=True, **client_options(args)),
+        deadline=None if args.wait else time.monotonic(),
+        on_retry=lambda exc: status.show(f"waiting for {args.url}: {exc}"),
+    ))
     figures = Figures("video" if "video" in client.encoded else "audio")
     try:
         if args.record is not None:

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +29,20 @@ ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 320, 240, 30
 
 
+_spawned: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture(autouse=True)
+async def no_process_left() -> AsyncIterator[None]:
+    """A failed test must not leave its CLI running."""
+    yield
+    while _spawned:
+        proc = _spawned.pop()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+
+
 @dataclass
 class Run:
     code: int | None
@@ -39,11 +54,13 @@ async def spawn(
     *args: str, module: str = "relay", env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
     """The CLI in its own process; its peers stay on loopback like the server's."""
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "RELAY_ICE_HOST_ADDRESSES": "127.0.0.1", **(env or {})},
     )
+    _spawned.append(proc)
+    return proc
 
 
 async def finish(proc: asyncio.subprocess.Process, timeout: float = 30) -> Run:
@@ -154,6 +171,17 @@ async def test_watch_records_what_arrives(relay: RunningRelay, tmp_path: Path, c
     assert 80 <= len(counters) <= 95
     assert max(b - a for a, b in zip(counters, counters[1:])) == 1, "the recording skips frames"
     await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
+
+
+async def test_watch_waits_for_the_stream_to_go_live(relay: RunningRelay) -> None:
+    viewer = await spawn("watch", relay.url("/whep/later"), "--wait", "--duration", "1", "--video-only")
+    await asyncio.sleep(3)  # long enough to start and to be told 409 at least once
+    assert viewer.returncode is None, "watch gave up on an offline stream"
+    async with WhipClient(relay.url("/whip/later"), [TestPatternTrack(WIDTH, HEIGHT, FPS)], keyframe_interval=1):
+        run = await finish(viewer, 15)
+    assert run.code == 0, run.stderr
+    assert "waiting for" in run.stderr and "has no live publisher" in run.stderr
+    assert re.search(r"video VP8 320x240 (29|30|31)\.\d fps", run.stdout), run.stdout
 
 
 async def test_probe_three_viewers_json(relay: RunningRelay) -> None:
