@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -19,8 +20,9 @@ from relay.client import SessionError, WhepClient, WhipClient
 from relay.config import ConfigError, load_config
 from relay.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import RunningRelay, free_port, merge, start_relay
+from .conftest import RunningRelay, free_port, merge
 from .test_http_errors import assert_problem, request
+from .test_limits import relay_with
 from .test_recording import finished
 
 PUBLISH, VIEW, STUDIO = "pub-secret", "view-secret", "studio-secret"
@@ -35,10 +37,9 @@ NOT_AN_OFFER = "v=0\r\n"  # passes auth, then fails as SDP: a 400 proves the tok
 
 
 @pytest.fixture
-async def locked():
-    running = await start_relay(SETTINGS)
-    yield running
-    await running.server.close()
+async def locked() -> AsyncIterator[RunningRelay]:
+    async with relay_with(SETTINGS) as running:
+        yield running
 
 
 def assert_unauthorized(response: aiohttp.ClientResponse, body: object, error: str | None) -> None:
@@ -116,8 +117,7 @@ async def test_client_without_token_gets_the_problem(locked: RunningRelay) -> No
 
 
 async def test_closed_publishing_is_403_and_open_viewing_needs_nothing() -> None:
-    running = await start_relay({"auth": {"open_publish": False, "streams": {"s": {"view_token": VIEW}}}})
-    try:
+    async with relay_with({"auth": {"open_publish": False, "streams": {"s": {"view_token": VIEW}}}}) as running:
         response, body = await request("POST", running.url("/whip/any"), NOT_AN_OFFER, **SDP,
                                        Authorization="Bearer guess")
         assert_problem(response, body, 403, "publish_token")
@@ -125,8 +125,6 @@ async def test_closed_publishing_is_403_and_open_viewing_needs_nothing() -> None
         assert_problem(response, body, 400, "sdp")  # no view token for "any": open
         response, body = await request("POST", running.url("/whep/s"), NOT_AN_OFFER, **SDP)
         assert_unauthorized(response, body, None)
-    finally:
-        await running.server.close()
 
 
 async def test_default_config_is_open(relay: RunningRelay) -> None:
@@ -206,8 +204,7 @@ def test_serve_warns_when_publishing_is_open_beyond_loopback(tmp_path: Path) -> 
 
 
 async def test_recording_api_takes_the_stream_tokens(tmp_path: Path) -> None:
-    running = await start_relay(merge(SETTINGS, {"recording": {"dir": str(tmp_path)}}))
-    try:
+    async with relay_with(merge(SETTINGS, {"recording": {"dir": str(tmp_path)}})) as running:
         switch = running.url("/api/streams/cam/recording")
         response, body = await request("POST", switch)
         assert_unauthorized(response, body, None)
@@ -236,5 +233,3 @@ async def test_recording_api_takes_the_stream_tokens(tmp_path: Path) -> None:
         assert response.status == 204 and not any(tmp_path.glob("cam/*.webm"))
         response, _ = await request("DELETE", switch, Authorization=f"Bearer {PUBLISH}")
         assert response.status == 200
-    finally:
-        await running.server.close()

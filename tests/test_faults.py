@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,17 +24,25 @@ from relay.client import WhepClient, WhipClient
 from relay.forward import FanOut, MediaFrame, ViewerTrack
 from relay.testpattern import TestPatternTrack
 
-from .conftest import RunningRelay, start_relay
+from .conftest import RunningRelay
 from .test_lifecycle import assert_nothing_left, first_stamp
+from .test_limits import relay_with
 from .test_recording import analyse, files, finished
 
 RELEASED_WITHIN = 15.0
 
 
-def peer_process(command: str, url: str, *args: str) -> subprocess.Popen[bytes]:
-    """`relay publish` or `relay watch` with its ICE on loopback."""
-    return subprocess.Popen([sys.executable, "-m", "relay", command, url, "--host-address", "127.0.0.1", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@contextmanager
+def peer_process(command: str, url: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`relay publish` or `relay watch` with its ICE on loopback; killed on the way out if still running."""
+    process = subprocess.Popen([sys.executable, "-m", "relay", command, url, "--host-address", "127.0.0.1", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 async def kill_and_time(relay: RunningRelay, process: subprocess.Popen[bytes], released: Callable[[], bool]) -> float:
@@ -54,16 +63,14 @@ def connected_viewers(relay: RunningRelay, stream: str, min_frames: int) -> int:
 
 
 async def test_killed_viewer_is_released_and_the_others_keep_watching() -> None:
-    relay = await start_relay()
-    viewer = None
-    try:
+    async with relay_with() as relay:
         video = TestPatternTrack(160, 120)
         async with WhipClient(relay.url("/whip/s"), [video]):
             async with WhepClient(relay.url("/whep/s"), kinds=("video",)) as stayer:
                 await first_stamp(stayer)
-                viewer = peer_process("watch", relay.url("/whep/s"), "--video-only")
-                await relay.wait_until(lambda: connected_viewers(relay, "s", 30) == 2, timeout=20)
-                took = await kill_and_time(relay, viewer, lambda: relay.ctx.sessions.count("whep") == 1)
+                with peer_process("watch", relay.url("/whep/s"), "--video-only") as viewer:
+                    await relay.wait_until(lambda: connected_viewers(relay, "s", 30) == 2, timeout=20)
+                    took = await kill_and_time(relay, viewer, lambda: relay.ctx.sessions.count("whep") == 1)
                 print(f"killed viewer released after {took:.1f} s")
                 assert took <= RELEASED_WITHIN
                 assert len(relay.ctx.streams.get("s").viewers) == 1
@@ -74,10 +81,6 @@ async def test_killed_viewer_is_released_and_the_others_keep_watching() -> None:
         await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
         await asyncio.sleep(0.1)
         assert_nothing_left(relay)
-    finally:
-        if viewer and viewer.poll() is None:
-            viewer.kill()
-        await relay.server.close()
 
 
 async def wait_ended(viewer: WhepClient) -> None:
@@ -91,38 +94,29 @@ async def wait_ended(viewer: WhepClient) -> None:
 
 async def test_killed_publisher_is_released_viewers_told_and_recording_finalised(tmp_path: Path) -> None:
     root = tmp_path / "rec"
-    relay = await start_relay({"recording": {"enabled": True, "dir": str(root)}})
-    publisher = peer_process("publish", relay.url("/whip/cam"), "--test-pattern", "--size", "160x120",
-                             "--no-audio")
-    viewers: list[WhepClient] = []
-    try:
-        await relay.wait_until(lambda: relay.ctx.streams.get("cam") is not None
-                               and relay.ctx.streams.get("cam").packets_in > 0, timeout=20)
-        viewers = [WhepClient(relay.url("/whep/cam"), kinds=("video",)) for _ in range(2)]
-        for viewer in viewers:
-            await viewer.start()
-        for viewer in viewers:
-            await first_stamp(viewer)
-        await asyncio.sleep(2)  # a recording worth checking
-        took = await kill_and_time(relay, publisher, lambda: relay.ctx.sessions.count("whip") == 0)
-        print(f"killed publisher released after {took:.1f} s")
-        assert took <= RELEASED_WITHIN
-        assert not relay.ctx.streams.get("cam").live
-        async with asyncio.timeout(5):
-            await asyncio.gather(*(wait_ended(v) for v in viewers))
-        await relay.wait_until(lambda: len(relay.ctx.sessions) == 0, timeout=5)
+    async with relay_with({"recording": {"enabled": True, "dir": str(root)}}) as relay:
+        url = relay.url("/whip/cam")
+        with peer_process("publish", url, "--test-pattern", "--size", "160x120", "--no-audio") as publisher:
+            await relay.wait_until(lambda: relay.ctx.streams.get("cam") is not None
+                                   and relay.ctx.streams.get("cam").packets_in > 0, timeout=20)
+            async with WhepClient(relay.url("/whep/cam"), kinds=("video",)) as one, \
+                    WhepClient(relay.url("/whep/cam"), kinds=("video",)) as two:
+                await first_stamp(one)
+                await first_stamp(two)
+                await asyncio.sleep(2)  # a recording worth checking
+                took = await kill_and_time(relay, publisher, lambda: relay.ctx.sessions.count("whip") == 0)
+                print(f"killed publisher released after {took:.1f} s")
+                assert took <= RELEASED_WITHIN
+                assert not relay.ctx.streams.get("cam").live
+                async with asyncio.timeout(5):
+                    await asyncio.gather(wait_ended(one), wait_ended(two))
+                await relay.wait_until(lambda: len(relay.ctx.sessions) == 0, timeout=5)
         await finished(relay, "cam")
         (path,) = files(root, "cam")
         recorded = analyse(path)
         assert recorded.header_duration is not None, "the recording was not finalised"
         assert recorded.duration >= 2 and recorded.first_is_keyframe
         assert None not in recorded.counters and recorded.counters == sorted(recorded.counters)
-    finally:
-        if publisher.poll() is None:
-            publisher.kill()
-        for viewer in viewers:
-            await viewer.close()
-        await relay.server.close()
 
 
 def test_a_slow_viewer_is_bounded_and_resumes_on_a_keyframe() -> None:

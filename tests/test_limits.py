@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -10,11 +13,21 @@ from relay.client import SessionError, WhepClient, WhipClient
 from relay.limits import RateLimiter
 from relay.testpattern import ToneTrack
 
-from .conftest import start_relay
+from .conftest import RunningRelay, start_relay
 from .test_http_errors import assert_problem, make_offer, request
 
 SDP = {"Content-Type": "application/sdp"}
 FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+
+@asynccontextmanager
+async def relay_with(settings: dict[str, Any] | None = None) -> AsyncIterator[RunningRelay]:
+    """An in-process Relay on custom settings, closed on the way out."""
+    running = await start_relay(settings)
+    try:
+        yield running
+    finally:
+        await running.server.close()
 
 
 class FakeClock:
@@ -49,8 +62,7 @@ def test_rate_limiter_memory_is_bounded() -> None:
 
 
 async def test_post_and_patch_over_the_rate_get_429_with_retry_after() -> None:
-    running = await start_relay({"limits": {"requests_per_second": 2, "request_burst": 3}})
-    try:
+    async with relay_with({"limits": {"requests_per_second": 2, "request_burst": 3}}) as running:
         url = running.url("/whip/a")
         for _ in range(2):
             response, body = await request("POST", url, "v=0\r\n", **SDP)
@@ -68,25 +80,19 @@ async def test_post_and_patch_over_the_rate_get_429_with_retry_after() -> None:
         await asyncio.sleep(0.55)  # one request's worth of tokens back
         response, body = await request("POST", url, "v=0\r\n", **SDP)
         assert_problem(response, body, 400, "sdp")
-    finally:
-        await running.server.close()
 
 
 async def test_rate_limit_off() -> None:
-    running = await start_relay({"limits": {"requests_per_second": 0, "request_burst": 1}})
-    try:
+    async with relay_with({"limits": {"requests_per_second": 0, "request_burst": 1}}) as running:
         statuses = set()
         for _ in range(50):
             response, _ = await request("POST", running.url("/whip/a"), "v=0\r\n", **SDP)
             statuses.add(response.status)
         assert statuses == {400}
-    finally:
-        await running.server.close()
 
 
 async def test_max_streams() -> None:
-    running = await start_relay({"limits": {"max_streams": 1}})
-    try:
+    async with relay_with({"limits": {"max_streams": 1}}) as running:
         async with WhipClient(running.url("/whip/one"), [ToneTrack()]):
             response, body = await request("POST", running.url("/whip/two"), await make_offer(kinds=("audio",)), **SDP)
             assert_problem(response, body, 503, "at most 1 live stream")
@@ -95,13 +101,10 @@ async def test_max_streams() -> None:
         await running.wait_until(lambda: len(running.ctx.sessions) == 0)
         async with WhipClient(running.url("/whip/two"), [ToneTrack()]):  # the slot is free again
             assert running.ctx.streams.get("two").live
-    finally:
-        await running.server.close()
 
 
 async def test_max_viewers_per_stream_holds_under_concurrent_joins() -> None:
-    running = await start_relay({"limits": {"max_viewers_per_stream": 2}})
-    try:
+    async with relay_with({"limits": {"max_viewers_per_stream": 2}}) as running:
         async with WhipClient(running.url("/whip/s"), [ToneTrack()]):
             viewers = [WhepClient(running.url("/whep/s"), kinds=("audio",)) for _ in range(4)]
             results = await asyncio.gather(*(v.start() for v in viewers), return_exceptions=True)
@@ -116,13 +119,10 @@ async def test_max_viewers_per_stream_holds_under_concurrent_joins() -> None:
             await again.start()  # a seat was freed
             await again.close()
             await joined[1].close()
-    finally:
-        await running.server.close()
 
 
 async def test_max_candidates_per_patch() -> None:
-    running = await start_relay({"limits": {"max_candidates_per_patch": 2}})
-    try:
+    async with relay_with({"limits": {"max_candidates_per_patch": 2}}) as running:
         async with WhipClient(running.url("/whip/c"), [ToneTrack()]) as pub:
             line = "a=candidate:{0} 1 udp 2130706431 127.0.0.1 {0} typ host\r\n"
             two = line.format(9) + line.format(10)
@@ -131,17 +131,12 @@ async def test_max_candidates_per_patch() -> None:
             response, body = await request("PATCH", pub.location, two + line.format(11), **FRAG)
             assert_problem(response, body, 400, "at most 2 per PATCH")
             assert len(running.ctx.sessions) == 1
-    finally:
-        await running.server.close()
 
 
 async def test_max_body_bytes_is_configurable() -> None:
     offer = await make_offer()
-    running = await start_relay({"server": {"max_body_bytes": len(offer) - 1}})
-    try:
+    async with relay_with({"server": {"max_body_bytes": len(offer) - 1}}) as running:
         response, body = await request("POST", running.url("/whip/b"), offer, **SDP)
         assert_problem(response, body, 413, f"{len(offer) - 1} bytes")
         response, body = await request("POST", running.url("/whep/b"), offer, **SDP)
         assert_problem(response, body, 413, "smaller")
-    finally:
-        await running.server.close()

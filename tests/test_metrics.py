@@ -11,8 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.client import WhepClient, WhipClient
 from relay.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import RunningRelay, start_relay
+from .conftest import RunningRelay
 from .test_lifecycle import first_stamp
+from .test_limits import relay_with
 from .test_recording import finished
 
 
@@ -31,8 +32,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> None:
-    relay = await start_relay({"recording": {"enabled": True, "dir": str(tmp_path)}})
-    try:
+    async with relay_with({"recording": {"enabled": True, "dir": str(tmp_path)}}) as relay:
         async with WhipClient(relay.url("/whip/m"), [TestPatternTrack(160, 120), ToneTrack()]):
             viewers = [WhepClient(relay.url("/whep/m")) for _ in range(2)]
             for viewer in viewers:
@@ -89,8 +89,6 @@ async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> Non
                 assert value(gone, name) >= nacked.get((name, ()), 0), name
         assert value(gone, "relay_frames_out_total") >= frames
         assert value(gone, "relay_recording_bytes_total") >= value(live, "relay_recording_bytes_total")
-    finally:
-        await relay.server.close()
 
 
 async def test_health_endpoints(relay: RunningRelay) -> None:

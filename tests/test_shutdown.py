@@ -12,10 +12,11 @@ import aiohttp
 from relay.client import WhepClient, WhipClient
 from relay.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import spawn_relay, start_relay
+from .conftest import spawn_relay
 from .test_faults import wait_ended
 from .test_http_errors import assert_problem, make_offer, request
 from .test_lifecycle import assert_nothing_left, first_stamp
+from .test_limits import relay_with
 from .test_recording import analyse, files
 
 EXIT_WITHIN = 5.0
@@ -59,8 +60,7 @@ async def test_sigterm_with_live_sessions_exits_in_time_and_tells_everyone(tmp_p
 
 
 async def test_while_shutting_down_new_sessions_get_503_and_readyz_says_so() -> None:
-    relay = await start_relay()
-    try:
+    async with relay_with() as relay:
         response, body = await request("GET", relay.url("/readyz"))
         assert response.status == 200 and '"ready"' in body
         async with WhipClient(relay.url("/whip/s"), [ToneTrack()]) as pub:
@@ -80,14 +80,12 @@ async def test_while_shutting_down_new_sessions_get_503_and_readyz_says_so() -> 
             await shutting_down
             await relay.wait_until(lambda: pub.pc.connectionState == "closed", timeout=5)
         assert_nothing_left(relay)
-    finally:
-        await relay.server.close()
 
 
 async def test_a_request_stuck_in_flight_does_not_hold_the_exit(tmp_path: Path) -> None:
     server = spawn_relay(tmp_path, {"server": {"shutdown_grace": 2.0}})
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"POST /whip/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
                      b"Content-Length: 5000\r\n\r\nv=0\r\n")  # the rest of the body never comes
         await writer.drain()
