@@ -426,9 +426,11 @@ class WhipClient(_Client):
 class WhepClient(_Client):
     """Receives a stream from a WHEP endpoint.
 
-    By default `tracks` holds aiortc's decoded tracks by kind. With
-    `encoded=True` nothing is decoded: `encoded` holds an `EncodedTrack` per
-    kind whose `recv()` returns whole encoded frames (`EncodedFrame`).
+    By default `tracks` holds aiortc's decoded tracks by kind; aiortc decodes
+    whether or not they are read, into unbounded queues, so read every kind
+    asked for (or ask for fewer). With `encoded=True` nothing is decoded:
+    `encoded` holds an `EncodedTrack` per kind whose `recv()` returns whole
+    encoded frames (`EncodedFrame`).
     A server that answers with a counter-offer (406, WHEP §4.3) is followed.
     """
 
