@@ -22,7 +22,7 @@ import av
 
 from .assembler import EncodedFrame
 from .bitstream import video_size
-from .record import EXTENSIONS, FileSpec, _open, container_format
+from .record import EXTENSIONS, FileSpec, container_format, open_container
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Capture:
     def _write(self) -> None:
         spec = self._queue.get()
         try:
-            container, streams = _open(spec)
+            container, streams = open_container(spec)
         except (av.FFmpegError, OSError) as exc:
             self.error = f"cannot write {self.path}: {exc}"
             return

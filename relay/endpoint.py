@@ -82,8 +82,17 @@ def created(session: Session, answer: str, config: Config, links: list[str]) -> 
 
 
 async def options(request: web.Request) -> web.Response:
-    """OPTIONS on an endpoint (RFC 9725 §4.2); CORS headers come from the middleware."""
-    return web.Response(status=204, headers={"Accept-Post": SDP})
+    """OPTIONS on an endpoint (RFC 9725 §4.2); CORS headers come from the middleware.
+
+    A client like aiortc gathers its candidates before it POSTs, so it can use
+    our STUN/TURN servers only if it learns them first: a plain (non-preflight)
+    OPTIONS carries the ice-server Links too (RFC 9725 §4.6 allows it).
+    """
+    response = web.Response(status=204, headers={"Accept-Post": SDP})
+    if "Access-Control-Request-Method" not in request.headers:
+        for link in ice_server_links(context(request).config):
+            response.headers.add("Link", link)
+    return response
 
 
 async def empty(request: web.Request) -> web.Response:
@@ -112,7 +121,7 @@ def session_handlers(kind: str) -> dict[str, Callable[[web.Request], Awaitable[w
         except SdpError as exc:
             raise Problem(400, "bad-sdpfrag", str(exc)) from None
         limits.check_candidates(request, fragment)
-        if if_match == "*" or fragment.ufrag is not None or fragment.pwd is not None:
+        if if_match == "*" or session.is_ice_restart(fragment.ufrag, fragment.pwd):
             raise Problem(422, "ice-restart-unsupported",
                           "Relay cannot restart ICE (aiortc has no ICE restart); "
                           "DELETE this session and POST a new offer")

@@ -314,7 +314,7 @@ class Recorder:
                         container.mux(out)
                         self.bytes_written += out.size
                 elif isinstance(item, FileSpec):
-                    container, streams = _open(item)
+                    container, streams = open_container(item)
                 elif container is not None:  # _CLOSE or _EXIT
                     container.close()
                     container, streams = None, {}
@@ -328,7 +328,7 @@ class Recorder:
                 return
 
 
-def _open(spec: FileSpec) -> tuple[av.container.OutputContainer, dict[str, av.stream.Stream]]:
+def open_container(spec: FileSpec) -> tuple[av.container.OutputContainer, dict[str, av.stream.Stream]]:
     spec.path.parent.mkdir(parents=True, exist_ok=True)
     container = av.open(str(spec.path), "w", format=spec.format, options=MUX_OPTIONS[spec.format])
     streams: dict[str, av.stream.Stream] = {}

@@ -99,6 +99,16 @@ class Session:
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
 
+    def is_ice_restart(self, ufrag: str | None, pwd: str | None) -> bool:
+        """New ICE credentials in a PATCH mean a restart; the current ones are plain trickle."""
+        remote = self.pc.remoteDescription.sdp if self.pc.remoteDescription else ""
+        current = dict(
+            line[2:].split(":", 1) for line in remote.splitlines()
+            if line.startswith(("a=ice-ufrag:", "a=ice-pwd:"))
+        )
+        return (ufrag is not None and ufrag != current.get("ice-ufrag")) or (
+            pwd is not None and pwd != current.get("ice-pwd"))
+
     async def add_candidates(self, fragment: Fragment) -> int:
         """Add trickled candidates; lines aiortc cannot take are skipped, never fatal."""
         mid = next((t.mid for t in self.pc.getTransceivers() if t.mid is not None), None)

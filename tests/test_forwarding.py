@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+
 import pytest
 
 from relay import aiortc_patch
@@ -111,6 +113,11 @@ async def test_ice_servers_are_advertised_in_link_headers() -> None:
             links = pub.links
             servers = pub.ice_servers
         assert '<stun:stun.example.test:3478>; rel="ice-server"' in links
+        async with aiohttp.ClientSession() as http:  # a plain OPTIONS tells them before the offer
+            async with http.options(relay.url("/whip/l")) as response:
+                assert response.headers.getall("Link") == links
+            async with http.options(relay.url("/whip/l"), headers={"Access-Control-Request-Method": "POST"}) as response:
+                assert "Link" not in response.headers  # never on a CORS preflight
         assert [(s.urls, s.username, s.credential) for s in servers] == [
             ("stun:stun.example.test:3478", None, None),
             ("turn:turn.example.test:3478?transport=udp", "u", "p"),

@@ -127,6 +127,12 @@ async def test_session_errors_second_publisher_and_viewer_codec(relay: RunningRe
         response, body = await request("PATCH", pub.location, candidate, **sdp)
         assert_problem(response, body, 415, "trickle-ice-sdpfrag")
 
+        # the spec's trickle example repeats the session's current credentials: not a restart
+        ice = [line for line in pub.pc.localDescription.sdp.splitlines() if line.startswith("a=ice-")]
+        response, _ = await request("PATCH", pub.location, "\r\n".join(ice[:2]) + "\r\n" + candidate, **frag,
+                                    **{"If-Match": pub.etag})
+        assert response.status == 204
+
 
 async def test_options_head_and_get(relay: RunningRelay) -> None:
     for kind in ("whip", "whep"):
