@@ -8,15 +8,12 @@ only asks for one when its own jitter buffer or decoder runs into trouble.
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-
 from aiortc import RTCRtpReceiver
-from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
 from . import aiortc_patch
 from .assembler import AudioSequencer, EncodedFrame, VideoAssembler
+from .forward import GatedQueue
 from .keyframes import KeyframeRequester
 
 CLOCK_RATES = {"audio": 48000, "video": 90000}
@@ -34,20 +31,25 @@ class EncodedTrack:
         self.frames = 0
         self.bytes = 0
         self.losses = 0  # gaps the assembler gave up waiting for
-        self.overflows = 0
-        self.waiting_keyframe = kind == "video"
         self._receiver = receiver
         self._payload_types = payload_types
-        self._max_queue = max_queue
         self._assembler: VideoAssembler | AudioSequencer | None = None
         self._keyframes: KeyframeRequester | None = None
         self._ssrc: int | None = None
-        self._queue: deque[EncodedFrame] = deque()
-        self._ready = asyncio.Event()
-        self._ended = False
+        self._queue: GatedQueue[EncodedFrame] = GatedQueue(
+            kind == "video", max_queue, lambda: self._request_keyframe("reader too slow")
+        )
+
+    @property
+    def waiting_keyframe(self) -> bool:
+        return self._queue.waiting_keyframe
+
+    @property
+    def overflows(self) -> int:
+        return self._queue.overflows
 
     def on_packet(self, packet: RtpPacket) -> None:
-        if self._ended:
+        if self._queue.closed:
             return
         if self._assembler is None:
             codec = self._payload_types.get(packet.payload_type)
@@ -63,27 +65,16 @@ class EncodedTrack:
         self._assembler.add(packet)
 
     def _on_frame(self, frame: EncodedFrame) -> None:
-        if self.waiting_keyframe:
-            if not frame.keyframe:
-                return
-            self.waiting_keyframe = False
-        if len(self._queue) >= self._max_queue:
-            self._queue.clear()
-            self.overflows += 1
-            if self.kind == "video":
-                self._resync("reader too slow")
-                return
-        self.frames += 1
-        self.bytes += len(frame.data)
-        self._queue.append(frame)
-        self._ready.set()
+        if self._queue.push(frame, frame.keyframe):
+            self.frames += 1
+            self.bytes += len(frame.data)
 
     def _on_loss(self) -> None:
         self.losses += 1
-        self._resync("loss")
+        self._queue.waiting_keyframe = True
+        self._request_keyframe("loss")
 
-    def _resync(self, reason: str) -> None:
-        self.waiting_keyframe = True
+    def _request_keyframe(self, reason: str) -> None:
         if self._keyframes:
             self._keyframes.request(reason)
 
@@ -95,16 +86,10 @@ class EncodedTrack:
 
     async def recv(self) -> EncodedFrame:
         """The next frame; MediaStreamError once the track has ended and all were read."""
-        while not self._queue:
-            if self._ended:
-                raise MediaStreamError
-            self._ready.clear()
-            await self._ready.wait()
-        return self._queue.popleft()
+        return await self._queue.get()
 
     def end(self) -> None:
-        self._ended = True
-        self._ready.set()
+        self._queue.close()
         if self._keyframes:
             self._keyframes.close()
             self._keyframes = None
