@@ -96,7 +96,8 @@ def refusal(request: web.Request, stream: str, role: str) -> Problem | None:
     if token is None:
         return _unauthorized(f"stream {stream!r} needs a {role} token: send 'Authorization: Bearer <token>' "
                              "or add ?token=<token> to the URL")
-    if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), _digest(expected)):
+    presented = token.encode("utf-8", "surrogatepass")  # headers with invalid UTF-8 arrive with surrogates
+    if not hmac.compare_digest(hashlib.sha256(presented).digest(), _digest(expected)):
         return _unauthorized(f"the token is not valid to {role} stream {stream!r}", "invalid_token")
     return None
 

@@ -70,10 +70,12 @@ class Req:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     live_session: bool = False  # PATCH/DELETE a session made earlier in the batch
+    raw_authorization: bytes | None = None  # not UTF-8: sent over a raw socket, as no HTTP client would
 
     def __repr__(self) -> str:  # what a failure report shows
         body = self.body if self.body is None or len(self.body) < 120 else self.body[:120] + b"..."
-        return f"Req({self.method} {self.path} {self.headers} live={self.live_session} {body!r})"
+        return (f"Req({self.method} {self.path} {self.headers} live={self.live_session} "
+                f"raw={self.raw_authorization!r} {body!r})")
 
 
 @dataclass
@@ -124,22 +126,34 @@ def bodies(draw: st.DrawFn, offers: Offers, kind: str) -> bytes:
 def auth_headers(draw: st.DrawFn, role: str) -> tuple[dict[str, str], str]:
     """Headers and a query string carrying a good, bad or missing token in one of the accepted forms."""
     token = draw(st.sampled_from([TOKENS[role], TOKENS["view" if role == "publish" else "publish"], "",
-                                  "x" * 300, hash_token(TOKENS[role]), "bad token", "\u00e9"]))
+                                  "x" * 300, hash_token(TOKENS[role]), "bad token", "\u00e9",
+                                  "\udcff\udcfe"]))  # raw bytes that are not UTF-8
     form = draw(st.sampled_from(["none", "bearer", "bare", "query", "basic"]))
     if form == "none":
         return {}, ""
     if form == "query":
-        return {}, "?token=" + quote(token, safe="")
-    if not token.isascii():
-        return {}, ""
+        return {}, "?token=" + quote(token, safe="", errors="surrogateescape")
     value = {"bearer": f"Bearer {token}", "bare": token, "basic": f"Basic {token}"}[form]
     return {"Authorization": value}, ""
 
 
+# Header bytes HTTP allows (obs-text included) but that need not be UTF-8.
+HEADER_BYTES = st.binary(min_size=1, max_size=30).map(lambda b: bytes(c if c >= 0x20 and c != 0x7F else 0x41 for c in b))
+
+
 @st.composite
 def requests(draw: st.DrawFn, offers: Offers) -> Req:
+    if draw(st.integers(0, 9)) == 0:  # raw header bytes, on a stream that checks tokens
+        req = draw(requests_to(offers, "locked"))
+        req.raw_authorization = draw(st.sampled_from([b"Bearer ", b"", b"Basic "])) + draw(HEADER_BYTES)
+        req.headers.pop("Authorization", None)
+        return req
+    return draw(requests_to(offers, draw(st.sampled_from(STREAM_NAMES))))
+
+
+@st.composite
+def requests_to(draw: st.DrawFn, offers: Offers, stream: str) -> Req:
     kind = draw(st.sampled_from(["whip", "whep"]))
-    stream = draw(st.sampled_from(STREAM_NAMES))
     headers, query = draw(auth_headers("publish" if kind == "whip" else "view"))
     what = draw(st.sampled_from(["post", "post", "post", "patch", "patch", "session", "other", "method"]))
     right = "application/trickle-ice-sdpfrag" if what == "patch" else "application/sdp"
@@ -197,22 +211,42 @@ class Harness:
         path = req.path
         if req.live_session and live:
             path = live[-1] + path[path.find("?"):] if "?" in path else live[-1]
-        url = URL(str(self.server.make_url("/")).rstrip("/") + path, encoded=True)
-        async with self.http.request(req.method, url, data=req.body, headers=req.headers,
-                                     allow_redirects=False) as response:
-            body = await response.read()
+        if req.raw_authorization is None:
+            url = URL(str(self.server.make_url("/")).rstrip("/") + path, encoded=True)
+            async with self.http.request(req.method, url, data=req.body, headers=req.headers,
+                                         allow_redirects=False) as response:
+                body = await response.read()
+                status, content_type = response.status, response.content_type
+                location = response.headers.get("Location", "")
+        else:
+            status, content_type, location, body = await self.send_raw(req, path)
         self.sent += 1
-        self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
-        where = f"{req.method} {path} {req.headers} {req.body[:200] if req.body else req.body!r}"
-        assert response.status < 500, f"{response.status} for {where}: {body[:300]!r}"
-        if response.status >= 400:
-            assert response.content_type == "application/problem+json", f"{response.status} {where}"
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        where = f"{req!r} to {path}"
+        assert status < 500, f"{status} for {where}: {body[:300]!r}"
+        if status >= 400:
+            assert content_type == "application/problem+json", f"{status} {where}"
             if req.method != "HEAD":
                 problem = json.loads(body)
-                assert problem["status"] == response.status and problem["detail"], where
+                assert problem["status"] == status and problem["detail"], where
                 assert problem["type"].startswith("urn:relay:problem:") and problem["title"], where
-        if response.status == 201 and response.headers.get("Location", "").startswith(("/whip/", "/whep/")):
-            live.append(response.headers["Location"])
+        if status == 201 and location.startswith(("/whip/", "/whep/")):
+            live.append(location)
+
+    async def send_raw(self, req: Req, path: str) -> tuple[int, str, str, bytes]:
+        """One request written byte for byte; status, content type, Location and body of the answer."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.server.port)
+        body = req.body or b""
+        head = [f"{req.method} {path} HTTP/1.1", "Host: relay", "Connection: close", f"Content-Length: {len(body)}",
+                *(f"{name}: {value}" for name, value in req.headers.items())]
+        writer.write("\r\n".join(head).encode() + b"\r\nAuthorization: " + (req.raw_authorization or b"")
+                     + b"\r\n\r\n" + body)
+        answer = await reader.read()
+        writer.close()
+        head_bytes, _, payload = answer.partition(b"\r\n\r\n")
+        status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
+        fields = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        return int(status_line.split()[1]), fields.get("content-type", "").split(";")[0], fields.get("location", ""), payload
 
     async def batch(self, reqs: list[Req]) -> None:
         live: list[str] = []
