@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from . import auth
 from .context import context
 from .endpoint import stream_name
 from .problems import Problem
@@ -149,7 +150,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application, streams: Streams) -> None:
     hub = app[HUB] = EventHub(streams)
     app.router.add_get("/api/events", all_streams)
-    app.router.add_post("/api/streams/{stream}/events", subscribe)
+    app.router.add_post("/api/streams/{stream}/events", auth.protected("view")(subscribe))
     app.router.add_get("/api/streams/{stream}/events/{key}", stream_events)
 
     async def close(app: web.Application) -> None:

@@ -165,12 +165,12 @@ def document() -> Doc:
                            "Events", sse),
         "/api/streams/{stream}/events": {**stream_path, "post": {
             "summary": "Subscribe to a stream's events (WHEP server-sent-events extension)",
-            "operationId": "subscribe", "tags": ["Events"],
+            "operationId": "subscribe", "tags": ["Events"], "security": TOKEN,
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "array", "items": {"type": "string", "enum": ["active", "inactive", "viewercount"]}}}}},
             "responses": {"201": {"description": "Subscribed", "headers": {
                 "Location": {"schema": {"type": "string"}, "description": "The event stream to GET"}}},
-                **problems(400, 429)}}},
+                **problems(400, 401, 429)}}},
         "/api/streams/{stream}/events/{key}": {
             "parameters": [common("stream"), path_param("key", "Subscription key from the Location")],
             **get("A stream's events: active, inactive, viewercount", "streamEventsOf", "Events", sse, 400, 404)},
@@ -208,9 +208,9 @@ def document() -> Doc:
         "/": page("dashboard", "dashboardPage", False),
         "/publish/{stream}": page("publish", "publishPage", True),
         "/watch/{stream}": page("watch", "watchPage", True),
-        "/static/{path}": {"parameters": [path_param("path", "File under web/")],
+        "/static/{file}": {"parameters": [path_param("file", "File in web/")],
                            **get("The pages' scripts, styles and icons", "static", "Pages",
-                                 {"description": "The file"}, 403, 404)},
+                                 {"description": "The file"}, 404)},
     }
     return {
         "openapi": "3.1.0",

@@ -7,6 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .endpoint import stream_name
+from .problems import Problem
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -22,8 +23,17 @@ def _page(name: str, named_stream: bool) -> web.RequestHandler:
     return handler
 
 
+async def static(request: web.Request) -> web.FileResponse:
+    """A file of web/ (aiohttp's own static route answers a missing file without a problem body)."""
+    name = request.match_info["file"]
+    path = (WEB_DIR / name).resolve()
+    if path.parent != WEB_DIR or not path.is_file():
+        raise Problem(404, "not-found", f"there is no page asset {name!r}")
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", _page("index.html", False))
     app.router.add_get("/publish/{stream}", _page("publish.html", True))
     app.router.add_get("/watch/{stream}", _page("watch.html", True))
-    app.router.add_static("/static/", WEB_DIR)
+    app.router.add_get("/static/{file}", static)

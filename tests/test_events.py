@@ -10,7 +10,7 @@ import aiohttp
 from relay.client import WhepClient, WhipClient
 from relay.testpattern import TestPatternTrack
 
-from .conftest import RunningRelay
+from .conftest import RunningRelay, start_relay
 from .test_http_errors import make_offer
 
 
@@ -76,3 +76,20 @@ async def test_pages_are_served(relay: RunningRelay) -> None:
                 assert response.status == 200 and marker in await response.text()
         async with http.get(relay.url("/watch/..%2Fx")) as response:
             assert response.status in (400, 404)
+
+
+async def test_missing_asset_is_a_problem_and_events_need_the_view_token() -> None:
+    relay = await start_relay({"auth": {"view_token": "seen"}})
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(relay.url("/static/nope.js")) as response:
+                assert response.status == 404 and response.content_type == "application/problem+json"
+            async with http.get(relay.url("/static/..%2Fpyproject.toml")) as response:
+                assert response.status == 404
+            url = relay.url("/api/streams/x/events")
+            async with http.post(url, json=["active"]) as response:
+                assert response.status == 401
+            async with http.post(url + "?token=seen", json=["active"]) as response:
+                assert response.status == 201
+    finally:
+        await relay.server.close()

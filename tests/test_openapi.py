@@ -14,14 +14,8 @@ METHODS = {"get", "head", "post", "put", "patch", "delete", "options", "trace"}
 
 
 def routed(app: web.Application) -> set[tuple[str, str]]:
-    """(path template, method) for every route; a static directory is one `{path}` route."""
-    operations = set()
-    for route in app.router.routes():
-        path = route.resource.canonical
-        if isinstance(route.resource, web.StaticResource):
-            path += "/{path}"
-        operations.add((path, route.method.lower()))
-    return operations
+    """(path template, method) for every route the app registers."""
+    return {(route.resource.canonical, route.method.lower()) for route in app.router.routes()}
 
 
 def documented(doc: dict) -> set[tuple[str, str]]:
