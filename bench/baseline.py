@@ -5,7 +5,10 @@ each viewer's sender encodes them again with its own encoder (VP8 and Opus
 from aiortc's defaults). One `MediaBlackhole` subscription keeps the decoder
 running without viewers, as the examples' recorder does; viewers subscribe
 unbuffered so a slow encoder drops frames instead of queueing them. Recording
-is aiortc's `MediaRecorder` (it encodes again). It speaks just enough
+is aiortc's `MediaRecorder` (it encodes again), one per kind: with audio and
+video in one file, PyAV 18 opens the video encoder when the first audio
+packet is muxed and the recorder's video task dies on "Cannot change width
+after codec is open". It speaks just enough
 WHIP/WHEP for the benchmark: POST an offer, DELETE the session, and Relay's
 POST/DELETE /api/streams/{stream}/recording.
 
@@ -35,7 +38,7 @@ class Published:
         self.relay = MediaRelay()
         self.tracks: dict[str, MediaStreamTrack] = {}
         self.blackhole = MediaBlackhole()
-        self.recorder: MediaRecorder | None = None
+        self.recorders: list[MediaRecorder] = []
 
 
 class Baseline:
@@ -95,26 +98,27 @@ class Baseline:
 
     async def start_recording(self, request: web.Request) -> web.Response:
         published = self._published(request)
-        if published.recorder is None:
+        if not published.recorders:
             self.recordings.mkdir(parents=True, exist_ok=True)
-            published.recorder = MediaRecorder(str(self.recordings / f"{request.match_info['stream']}.webm"))
-            for track in published.tracks.values():
-                published.recorder.addTrack(published.relay.subscribe(track))
-            await published.recorder.start()
+            for kind, track in published.tracks.items():
+                recorder = MediaRecorder(str(self.recordings / f"{request.match_info['stream']}-{kind}.webm"))
+                recorder.addTrack(published.relay.subscribe(track))
+                await recorder.start()
+                published.recorders.append(recorder)
         return web.json_response({"recording": True})
 
     async def stop_recording(self, request: web.Request) -> web.Response:
         published = self._published(request)
-        if published.recorder is not None:
-            await published.recorder.stop()
-            published.recorder = None
+        for recorder in published.recorders:
+            await recorder.stop()
+        published.recorders.clear()
         return web.json_response({"recording": False})
 
     async def close(self, app: web.Application) -> None:
         for published in self.streams.values():
             await published.blackhole.stop()
-            if published.recorder:
-                await published.recorder.stop()
+            for recorder in published.recorders:
+                await recorder.stop()
         await asyncio.gather(*(pc.close() for pc in self.sessions.values()))
 
 

@@ -40,6 +40,7 @@ from .stats import Line, percentile
 FPS = 30
 MIN_FPS = 29.0
 MAX_LOSS = 0.01
+MAX_FREEZE_MS = 250.0  # a freeze made up by a burst would still average 29 fps
 SATURATED = 0.9  # our processes using this much of their core are the limit
 NO_PROBE = {"fps": 0.0, "rtp_loss": 0.0, "missing_frames": 0, "max_gap_ms": None, "rtp_received": 0}
 BUSY = 0.97  # a core this busy, whoever uses it, starves what we measure
@@ -136,7 +137,9 @@ class Step:
 
     @property
     def ok(self) -> bool:
-        probe_ok = self.viewers == 0 or (self.fps >= MIN_FPS and self.rtp_loss < MAX_LOSS)
+        probe_ok = self.viewers == 0 or (
+            self.fps >= MIN_FPS and self.rtp_loss < MAX_LOSS and (self.probe_max_gap_ms or 0) < MAX_FREEZE_MS
+        )
         return probe_ok and self.silent == 0
 
     @property
@@ -325,7 +328,7 @@ class Sweep:
     size: str
     video_bps: float
     steps: list[Step]
-    capacity: int | None  # most viewers with the probe at >= 29 fps and < 1 % loss
+    capacity: int | None  # most viewers with the probe at >= 29 fps, < 1 % loss and no freeze
     capacity_limit: str  # what stopped the ramp
 
     def fit_points(self) -> list[Step]:
@@ -345,6 +348,12 @@ class Sweep:
         return Line.fit([s.packets_per_s for s in points], [s.server_cpu * 1e6 for s in points])
 
     @property
+    def kernel_per_packet(self) -> Line | None:
+        """The kernel's part of `per_packet` (mostly sendto on loopback)."""
+        points = self.fit_points()
+        return Line.fit([s.packets_per_s for s in points], [s.server_kernel * 1e6 for s in points])
+
+    @property
     def rss_per_viewer(self) -> Line | None:
         points = self.fit_points()
         return Line.fit([s.viewers for s in points], [s.rss_mb for s in points])
@@ -355,12 +364,13 @@ class Sweep:
         return (1 - line.intercept) / line.slope if line and line.slope > 0 else None
 
     def summary(self) -> dict[str, Any]:
-        per_viewer, per_packet, rss = self.per_viewer, self.per_packet, self.rss_per_viewer
+        per_viewer, per_packet, rss, kernel = self.per_viewer, self.per_packet, self.rss_per_viewer, self.kernel_per_packet
         return {
             "server": self.server, "size": self.size, "video_bps": self.video_bps,
             "cpu_per_viewer": per_viewer.slope if per_viewer else None,
             "idle_cpu": per_viewer.intercept if per_viewer else None,
             "us_per_packet": per_packet.slope if per_packet else None,
+            "kernel_us_per_packet": kernel.slope if kernel else None,
             "rss_mb_per_viewer": rss.slope if rss else None,
             "projected_viewers_per_core": self.projected_per_core,
             "capacity": self.capacity, "capacity_limit": self.capacity_limit,
