@@ -360,8 +360,8 @@ def vp8_frame(n: int, keyframe: bool) -> MediaFrame:
 async def test_a_full_writer_queue_drops_to_the_next_keyframe(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     entered, gate = threading.Event(), threading.Event()
-    real_open = record._open
-    monkeypatch.setattr(record, "_open", lambda spec: (entered.set(), gate.wait(10), real_open(spec))[2])
+    real_open = record.open_container
+    monkeypatch.setattr(record, "open_container", lambda spec: (entered.set(), gate.wait(10), real_open(spec))[2])
     requests: list[str] = []
     stream = SimpleNamespace(name="cam", tracks={"video": SimpleNamespace(codec="VP8")},
                              fanouts={"video": FanOut("video"), "audio": FanOut("audio")},
