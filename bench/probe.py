@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import blackhole_consume
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from relay.client import ClientError, WhepClient
@@ -39,7 +40,8 @@ class Leg:
         self._last_rtp = (0, 0)
         self._reset()
         self._tasks = [
-            asyncio.create_task(self._video(track) if kind == "video" else self._drain(track))
+            # aiortc decodes every packet into an unbounded queue: audio is read and dropped (aiortc #554).
+            asyncio.create_task(self._video(track) if kind == "video" else blackhole_consume(track))
             for kind, track in tracks.items()
         ]
 
@@ -71,15 +73,6 @@ class Leg:
                     if gap < self._loop // 2:  # a larger "gap" is a repeat or reordering
                         self.missing += gap
                 self._last_counter = stamp.counter
-        except MediaStreamError:
-            pass
-
-    @staticmethod
-    async def _drain(track: MediaStreamTrack) -> None:
-        """aiortc decodes every packet into an unbounded queue: keep it empty (aiortc #554)."""
-        try:
-            while True:
-                await track.recv()
         except MediaStreamError:
             pass
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.testpattern import AUDIO_PTIME
+
+from .measure import FPS
+
 GOAL_US_PER_PACKET = 10.0
 GOAL_JOIN_P95_MS = 300.0
 GOAL_ADDED_LATENCY_MS = 5.0
@@ -54,6 +58,31 @@ def _cost(results: dict[str, Any]) -> list[str]:
         rows.append(["what stopped the ramp", relay["capacity_limit"] if relay else "–",
                      base["capacity_limit"] if base else "–", ""])
     return _table(["", "Relay", "baseline (MediaRelay)", "Relay / baseline"], rows)
+
+
+def _split(results: dict[str, Any]) -> list[str]:
+    """Per-packet and per-frame parts of Relay's cost per viewer, from two sizes.
+
+    Every size sends the same frames (FPS video + one Opus frame per
+    AUDIO_PTIME) but a different number of packets, so two sizes give two
+    equations: cost per viewer-second = a * packets/s + b * frames/s.
+    """
+    sweeps = [s for s in results["sweeps"] if s["server"] == "relay" and s["cpu_per_viewer"] and _pps(s)]
+    if len(sweeps) < 2:
+        return []
+    (p1, c1), (p2, c2) = ((_pps(s), s["cpu_per_viewer"] * 1e6) for s in sweeps[:2])
+    if p1 == p2:
+        return []
+    frames = FPS + 1 / AUDIO_PTIME
+    per_packet = (c2 - c1) / (p2 - p1)
+    per_frame = (c1 - per_packet * p1) / frames
+    audio = (per_packet + per_frame) / AUDIO_PTIME / c1
+    return [
+        f"Relay per viewer, solved from the {sweeps[0]['size']} and {sweeps[1]['size']} fits: about "
+        f"{per_packet:.0f} µs per packet plus {per_frame:.0f} µs per frame ({frames:.0f} frames/s: {FPS} video, "
+        f"{1 / AUDIO_PTIME:.0f} Opus); Opus, one packet per frame, is {audio:.0%} of a "
+        f"{sweeps[0]['size']} viewer's cost.",
+    ]
 
 
 def _joins(results: dict[str, Any]) -> list[str]:
@@ -141,6 +170,7 @@ def markdown(results: dict[str, Any]) -> str:
          f"{results.get('seconds', '?')} s. Command: `{results.get('command', 'python -m bench')}`"),
         "", "Goals", "", *_goals(results),
         "", "Forwarding cost and capacity (VP8 30 fps + Opus; fits over the passing windows)", "", *_cost(results),
+        "", *_split(results),
         "", "Recording: server CPU for recording one stream (probe watching, no other viewer)", "",
         *_recording(results),
         "", "Join time: WHEP POST to first decoded frame (640x480)", "", *_joins(results),
