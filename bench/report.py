@@ -78,10 +78,10 @@ def _split(results: dict[str, Any]) -> list[str]:
     per_frame = (c1 - per_packet * p1) / frames
     audio = (per_packet + per_frame) / AUDIO_PTIME / c1
     return [
-        f"Relay per viewer, solved from the {sweeps[0]['size']} and {sweeps[1]['size']} fits: about "
-        f"{per_packet:.0f} µs per packet plus {per_frame:.0f} µs per frame ({frames:.0f} frames/s: {FPS} video, "
-        f"{1 / AUDIO_PTIME:.0f} Opus); Opus, one packet per frame, is {audio:.0%} of a "
-        f"{sweeps[0]['size']} viewer's cost.",
+        (f"Relay per viewer, solved from the {sweeps[0]['size']} and {sweeps[1]['size']} fits: about "
+         f"{per_packet:.0f} µs per packet plus {per_frame:.0f} µs per frame ({frames:.0f} frames/s: {FPS} video, "
+         f"{1 / AUDIO_PTIME:.0f} Opus); Opus, one packet per frame, is {audio:.0%} of a "
+         f"{sweeps[0]['size']} viewer's cost."),
     ]
 
 
