@@ -1,6 +1,6 @@
 """`python -m bench`: measure Relay and the MediaRelay baseline in one run.
 
-    python -m bench                 # the full table (about 15 minutes)
+    python -m bench                 # the full table (about 12 minutes)
     python -m bench --short         # the CI smoke run (under 2 minutes)
     python -m bench profile         # py-spy profile of Relay's send path
 
