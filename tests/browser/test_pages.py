@@ -78,6 +78,9 @@ async def test_publish_watch_twice_stop_and_resume(
     await assert_playing(early)
     await assert_playing(second)
     await wait_js(dashboard, "document.querySelector('tr[data-stream=\"cam\"][data-live=\"true\"]')")
+    await second.emulate_media(color_scheme="dark")  # as a phone in dark mode would show it
+    await second.set_viewport_size({"width": 390, "height": 844})
+    await second.screenshot(path=artifacts_dir / "watch-phone-dark.png")
 
     for page in (early, second, publisher, dashboard):
         assert page_errors(page) == []
