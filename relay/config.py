@@ -57,6 +57,7 @@ class ForwardConfig:
     hole_wait: float = 0.2
     keyframe_min_interval: float = 0.5
     keyframe_retry_interval: float = 1.0
+    gop_replay_bitrate: int = 20_000_000
 
 
 @dataclass

@@ -8,6 +8,7 @@ re-packetizes them with `Encoder.pack()`; nothing is decoded or encoded. One
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 T = TypeVar("T")
+
+# A GOP longer than this is not kept for new viewers (10 s at 30 fps, or 8 MB).
+GOP_MAX_FRAMES = 300
+GOP_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +40,20 @@ class Sink(Protocol):
 
 
 class FanOut:
-    """The sinks of one kind (audio or video) of one stream."""
+    """The sinks of one kind (audio or video) of one stream.
+
+    For video it also keeps the frames since the last keyframe (the GOP), so
+    a new viewer can start at once from that keyframe instead of waiting for
+    the publisher's next one: a publisher that ignores keyframe requests may
+    send one only every few seconds.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.sinks: set[Sink] = set()
         self.frames = 0
+        self._gop: list[MediaFrame] = []
+        self._gop_bytes = 0
 
     def add(self, sink: Sink) -> None:
         self.sinks.add(sink)
@@ -50,13 +63,56 @@ class FanOut:
 
     def push(self, frame: MediaFrame) -> None:
         self.frames += 1
+        if self.kind == "video":
+            self._keep(frame)
         for sink in tuple(self.sinks):
             sink.push(frame)
 
+    def _keep(self, frame: MediaFrame) -> None:
+        if frame.keyframe:
+            self._gop, self._gop_bytes = [], 0
+        elif not self._gop:
+            return  # no keyframe to start from
+        self._gop.append(frame)
+        self._gop_bytes += frame.size
+        if len(self._gop) > GOP_MAX_FRAMES or self._gop_bytes > GOP_MAX_BYTES:
+            self._gop, self._gop_bytes = [], 0  # too long to replay: wait for a keyframe
+
+    def reset(self) -> None:
+        """The publisher is gone: forget its sinks and its GOP."""
+        self.sinks.clear()
+        self._gop, self._gop_bytes = [], 0
+
     def gap(self) -> None:
         """Frames were lost upstream: every video sink must resume on a keyframe."""
+        self._gop, self._gop_bytes = [], 0
         for sink in self.sinks:
             sink.waiting_keyframe = True
+
+    def replay(self, bitrate: int) -> list[tuple[MediaFrame, float]]:
+        """The current GOP for a sink joining now, paced at `bitrate`: (frame, send offset in s).
+
+        Sent in one burst, a GOP of seconds overruns the viewer's socket
+        buffer; paced, it takes a fraction of a second. Each frame is retimed
+        to its send offset, ending at the newest frame's time, so the viewer
+        plays the replay as a fast-forward and lands on the live picture.
+        """
+        if not self._gop or bitrate <= 0:
+            return []
+        offsets, sent = [], 0
+        for frame in self._gop:
+            offsets.append(sent * 8 / bitrate)
+            sent += frame.size
+        newest, time_base = self._gop[-1].packet.pts, self._gop[-1].packet.time_base
+        pts, replay = newest + 1, []
+        for frame, offset in zip(reversed(self._gop), reversed(offsets)):  # newest first
+            pts = min(pts - 1, newest - round((offsets[-1] - offset) / time_base))
+            packet = av.Packet(bytes(frame.packet))
+            packet.pts = packet.dts = pts
+            packet.time_base = time_base
+            replay.append((MediaFrame(packet, frame.keyframe, frame.size), offset))
+        replay.reverse()
+        return replay
 
     def any_waiting(self) -> bool:
         return any(sink.waiting_keyframe for sink in self.sinks)
@@ -76,6 +132,7 @@ class GatedQueue(Generic[T]):
         self.closed = False
         self._video = video
         self._max_items = max_items
+        self._limit = max_items
         self._on_overflow = on_overflow
         self._items: deque[T] = deque()
         self._ready = asyncio.Event()
@@ -86,8 +143,9 @@ class GatedQueue(Generic[T]):
             if not keyframe:
                 return False
             self.waiting_keyframe = False
-        if len(self._items) >= self._max_items:
+        if len(self._items) >= self._limit:
             self._items.clear()
+            self._limit = self._max_items
             self.overflows += 1
             if self._video:
                 self.waiting_keyframe = True
@@ -96,6 +154,13 @@ class GatedQueue(Generic[T]):
         self._items.append(item)
         self._ready.set()
         return True
+
+    def prefill(self, items: list[T]) -> None:
+        """Queue a replay (starting with a keyframe) on top of the usual bound."""
+        self._items.extend(items)
+        self._limit = self._max_items + len(self._items)
+        self.waiting_keyframe = False
+        self._ready.set()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -107,6 +172,8 @@ class GatedQueue(Generic[T]):
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
+        if len(self._items) <= self._max_items:
+            self._limit = self._max_items  # the replay is drained
         return self._items.popleft()
 
     def close(self, discard: bool = False) -> None:
@@ -128,11 +195,15 @@ class ViewerTrack(MediaStreamTrack):
         fanout: FanOut,
         max_queue: int,
         request_keyframe: Callable[[str], None],
+        replay_bitrate: int = 0,
     ) -> None:
         super().__init__()
         self.kind = fanout.kind
         self._fanout = fanout
         self._request_keyframe = request_keyframe
+        self._replay_bitrate = replay_bitrate
+        self._replay: deque[float] = deque()  # send offsets of the replayed frames still queued
+        self._replay_start = 0.0
         self._queue: GatedQueue[MediaFrame] = GatedQueue(
             fanout.kind == "video", max_queue, lambda: request_keyframe("viewer queue overflow")
         )
@@ -161,14 +232,29 @@ class ViewerTrack(MediaStreamTrack):
 
     async def recv(self) -> av.Packet:
         if not self._joined and self.readyState == "live":
-            self._joined = True
-            self._fanout.add(self)
-            if self.kind == "video":
-                self._request_keyframe("viewer joined")
+            self._join()
         frame = await self._queue.get()
+        if self._replay:
+            delay = self._replay_start + self._replay.popleft() - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
         self.frames_sent += 1
         self.bytes_sent += frame.size
         return frame.packet
+
+    def _join(self) -> None:
+        """Start from the stream's current GOP if there is one, else ask for a keyframe."""
+        self._joined = True
+        self._fanout.add(self)
+        if self.kind != "video":
+            return
+        replay = self._fanout.replay(self._replay_bitrate)
+        if replay:
+            self._queue.prefill([frame for frame, _ in replay])
+            self._replay.extend(offset for _, offset in replay)
+            self._replay_start = time.monotonic()
+        else:
+            self._request_keyframe("viewer joined")
 
     def stop(self) -> None:
         super().stop()

@@ -7,6 +7,7 @@ Viewers and recorders only ever see `MediaFrame`s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,6 +29,11 @@ from .forward import FanOut, MediaFrame
 from .keyframes import KeyframeRequester
 
 log = logging.getLogger(__name__)
+
+# A keyframe within this many seconds of a PLI answers it (libwebrtc: about
+# one frame plus the round trip); the first PLI is sent this long after start.
+PLI_ANSWER_WINDOW = 0.7
+PLI_PROBE_DELAY = 1.5
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -126,6 +132,12 @@ class Stream:
         self._receivers: dict[str, RTCRtpReceiver] = {}
         self._keyframes: KeyframeRequester | None = None
         self._started = 0.0
+        # Does the publisher answer keyframe requests? Browsers do; an encoder
+        # with a fixed keyframe interval does not, and then joiners are started
+        # from the cached GOP instead of waiting for its next keyframe.
+        self._pli_pending: float | None = None
+        self._pli_answered = True
+        self._probe: asyncio.TimerHandle | None = None
 
     @property
     def live(self) -> bool:
@@ -140,8 +152,16 @@ class Stream:
     def keyframe_reasons(self) -> dict[str, int]:
         return dict(self._keyframes.reasons) if self._keyframes else {}
 
+    @property
+    def answers_keyframe_requests(self) -> bool:
+        if self._pli_pending is not None and time.monotonic() - self._pli_pending > PLI_ANSWER_WINDOW:
+            return False  # asked, and no keyframe came in time
+        return self._pli_answered
+
     def start(self, publisher: Any) -> None:
         """A publisher takes the stream; called before its offer is applied."""
+        self._probe = asyncio.get_running_loop().call_later(
+            PLI_PROBE_DELAY, self.request_keyframe, "probe: does the publisher answer?")
         self.publisher = publisher
         self.since = datetime.now(timezone.utc)
         self._started = time.monotonic()
@@ -174,6 +194,9 @@ class Stream:
             self._keyframes.close()
             self._ended["keyframe_requests"] += self._keyframes.sent
         self._keyframes = None
+        if self._probe:
+            self._probe.cancel()
+        self._probe, self._pli_pending, self._pli_answered = None, None, True
         self.publisher = None
         self.tracks = {}
         self._receivers = {}
@@ -184,7 +207,7 @@ class Stream:
                 end = getattr(sink, "end", None)
                 if end:
                     end()
-            fanout.sinks.clear()
+            fanout.reset()
         self._on_change(self)
 
     def request_keyframe(self, reason: str) -> None:
@@ -192,6 +215,9 @@ class Stream:
             self._keyframes.request(reason)
 
     def video_keyframe(self, codec: str, data: bytes) -> None:
+        if self._pli_pending is not None:
+            self._pli_answered = time.monotonic() - self._pli_pending <= PLI_ANSWER_WINDOW
+            self._pli_pending = None
         size = video_size(codec, data)
         if size and size != self.size:
             self.size = size
@@ -202,6 +228,8 @@ class Stream:
         if track is None or receiver is None or track.ssrc is None:
             return False  # no video packet yet: the requester keeps the request
         await aiortc_patch.send_pli(receiver, track.ssrc)
+        if self._pli_pending is None:
+            self._pli_pending = time.monotonic()
         return True
 
     def set_recording(self, recording: bool) -> None:

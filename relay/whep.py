@@ -26,6 +26,7 @@ class ViewerSession(Session):
         self.stream = stream
         self.tracks: list[ViewerTrack] = []
         self._queue_frames = config.forwarding.viewer_queue_frames
+        self._replay_bitrate = config.forwarding.gop_replay_bitrate
 
     async def negotiate(self, offer: Offer) -> str:
         """Answer sendonly with the stream's own codecs pinned, one ViewerTrack per kind."""
@@ -33,7 +34,10 @@ class ViewerSession(Session):
             source = self.stream.tracks.get(media.kind)
             if source is None:
                 continue
-            track = ViewerTrack(self.stream.fanouts[media.kind], self._queue_frames, self.stream.request_keyframe)
+            # Start from the cached GOP only when asking for a keyframe would not bring one soon.
+            replay = 0 if self.stream.answers_keyframe_requests else self._replay_bitrate
+            track = ViewerTrack(self.stream.fanouts[media.kind], self._queue_frames,
+                                self.stream.request_keyframe, replay)
             track.on("ended", self._on_track_ended)
             transceiver = self.pc.addTransceiver(track, direction="sendonly")
             mime = CODEC_MIME[source.codec]
