@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # A keyframe within this many seconds of a PLI answers it (libwebrtc: about
 # one frame plus the round trip); the first PLI is sent this long after start.
-PLI_ANSWER_WINDOW = 0.7
+PLI_ANSWER_WINDOW = 0.5
 PLI_PROBE_DELAY = 1.5
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
