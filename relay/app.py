@@ -33,19 +33,19 @@ def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamRes
 
     @web.middleware
     async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
+        def add_cors(response: web.StreamResponse) -> None:
             allowed = allow(request)
             if allowed:
                 response.headers.update(CORS_HEADERS)
                 response.headers["Access-Control-Allow-Origin"] = allowed
+
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            add_cors(exc)
             raise
-        allowed = allow(request)
-        if allowed and not response.prepared:
-            response.headers.update(CORS_HEADERS)
-            response.headers["Access-Control-Allow-Origin"] = allowed
+        if not response.prepared:
+            add_cors(response)
         return response
 
     return middleware

@@ -73,11 +73,9 @@ class VideoAssembler:
         self._hole_wait = hole_wait
         self._seq = Unwrapper(16)
         self._ts = Unwrapper(32)
-        self._pending: dict[int, tuple[Packet, int, float]] = {}
+        self._pending: dict[int, tuple[Packet, int]] = {}
         self._next: int | None = None  # first sequence number of the next frame
         self._hole_since: float | None = None
-        self.frames = 0
-        self.skips = 0
 
     def add(self, packet: Packet) -> None:
         seq = self._seq(packet.sequence_number)
@@ -86,7 +84,7 @@ class VideoAssembler:
             return  # late or duplicate: its frame was emitted or skipped
         if seq in self._pending:
             return
-        self._pending[seq] = (packet, ts, time.monotonic())
+        self._pending[seq] = (packet, ts)
         if self._next is None:
             start = self._find_start(min(self._pending))
             if start is None:
@@ -98,7 +96,7 @@ class VideoAssembler:
             self._check_hole()
 
     def _is_start(self, seq: int) -> bool:
-        packet, ts, _ = self._pending[seq]
+        packet, ts = self._pending[seq]
         if self._vp8:
             return vp8_frame_start(packet.payload)
         before = self._pending.get(seq - 1)
@@ -140,7 +138,6 @@ class VideoAssembler:
             keyframe = vp8_keyframe(data)
         else:
             keyframe = any(h264_packet_nal_type(p.payload) in (H264_IDR, H264_SPS) for p in packets)
-        self.frames += 1
         self._on_frame(EncodedFrame(data, ts, keyframe))
 
     def _check_hole(self) -> None:
@@ -151,7 +148,6 @@ class VideoAssembler:
             return
         assert self._next is not None
         start = self._find_start(self._next + 1)
-        self.skips += 1
         self._hole_since = None
         if start is None:
             self._pending.clear()

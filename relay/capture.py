@@ -22,13 +22,13 @@ import av
 
 from .assembler import EncodedFrame
 from .bitstream import video_size
-from .record import EXTENSIONS, FileSpec, container_format, open_container
+from .record import FileSpec, container_format, open_container
 
 log = logging.getLogger(__name__)
 
 
 def expected_suffix(video_codec: str | None) -> str:
-    return "." + EXTENSIONS[container_format(video_codec)]
+    return "." + container_format(video_codec)
 
 
 class Capture:
@@ -42,7 +42,6 @@ class Capture:
         self.path = path
         self.video_codec = video_codec
         self.audio = audio
-        self.frames = {"video": 0, "audio": 0}
         self.bytes = 0
         self.duration = 0.0
         self.error: str | None = None
@@ -67,7 +66,6 @@ class Capture:
         if pts <= self._last.get(kind, -1):
             return
         self._last[kind] = pts
-        self.frames[kind] += 1
         self.bytes += len(frame.data)
         self.duration = max(self.duration, pts / clock_rate)
         self._queue.put((kind, frame.data, pts, Fraction(1, clock_rate), frame.keyframe))

@@ -15,8 +15,8 @@ from . import aiortc_patch
 from .assembler import AudioSequencer, EncodedFrame, VideoAssembler
 from .forward import GatedQueue
 from .keyframes import KeyframeRequester
+from .sdp import CLOCK_RATES
 
-CLOCK_RATES = {"audio": 48000, "video": 90000}
 
 
 class EncodedTrack:

@@ -50,12 +50,23 @@ def _too_large(limit: int) -> Problem:
     return Problem(413, "body-too-large", f"the body is larger than {limit} bytes; send a smaller SDP")
 
 
-async def read_offer(request: web.Request) -> Offer:
+# What a client's offer must do with each m= section: WHIP sends (RFC 9725 §4.2),
+# WHEP receives (draft-ietf-wish-whep-04 §4.3.5).
+OFFER_DIRECTIONS = {"whip": ("sends", ("sendonly", "sendrecv")), "whep": ("receives", ("recvonly", "sendrecv"))}
+
+
+async def read_offer(request: web.Request, kind: str) -> Offer:
     text = await read_body(request, SDP, context(request).config.server.max_body_bytes)
     try:
-        return parse_offer(text)
+        offer = parse_offer(text)
     except SdpError as exc:
         raise Problem(400, "bad-sdp", str(exc)) from None
+    verb, allowed = OFFER_DIRECTIONS[kind]
+    for media in offer.media:
+        if media.direction not in allowed:
+            raise Problem(400, "bad-direction", f"a {kind.upper()} offer {verb} media: the {media.kind} "
+                                                f"m= section is {media.direction}; use {allowed[0]}")
+    return offer
 
 
 def ice_server_links(config: Config) -> list[str]:

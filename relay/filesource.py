@@ -23,13 +23,12 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .sdp import CLOCK_RATES, FFMPEG_CODECS
+
 log = logging.getLogger(__name__)
 
-# FFmpeg codec name -> what aiortc can send without re-encoding.
-AS_IS = {"vp8": "VP8", "h264": "H264", "opus": "opus"}
 # aiortc offers H.264 as 42001f/42e01f only; other profiles may carry B-frames.
 H264_PROFILES = ("Baseline", "Constrained Baseline")
-CLOCK_RATES = {"video": 90000, "audio": 48000}
 READ_AHEAD = 0.5  # seconds the reader thread works ahead of the wall clock
 MAX_BACKLOG = 500  # items kept for a track nobody reads (its m= line was refused)
 
@@ -38,8 +37,6 @@ MAX_BACKLOG = 500  # items kept for a track nobody reads (its m= line was refuse
 class MediaInfo:
     codecs: dict[str, str]  # kind -> FFmpeg codec name of the first stream of that kind
     as_is: dict[str, str]  # kind -> codec name aiortc can send without re-encoding
-    size: tuple[int, int] | None
-    duration: float | None
 
 
 def _open(path: str) -> Any:
@@ -68,12 +65,9 @@ def inspect(path: str) -> MediaInfo:
         for kind, stream in streams.items():
             name = stream.codec_context.name
             codecs[kind] = name
-            if name in AS_IS and (name != "h264" or stream.codec_context.profile in H264_PROFILES):
-                as_is[kind] = AS_IS[name]
-        video = streams.get("video")
-        size = (video.codec_context.width, video.codec_context.height) if video else None
-        duration = container.duration / 1_000_000 if container.duration else None
-        return MediaInfo(codecs, as_is, size, duration)
+            if name in FFMPEG_CODECS and (name != "h264" or stream.codec_context.profile in H264_PROFILES):
+                as_is[kind] = FFMPEG_CODECS[name]
+        return MediaInfo(codecs, as_is)
 
 
 class FileTrack(MediaStreamTrack):

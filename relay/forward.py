@@ -38,6 +38,9 @@ class Sink(Protocol):
 
     def push(self, frame: MediaFrame) -> None: ...
 
+    def end(self) -> None:
+        """The publisher is gone."""
+
 
 class FanOut:
     """The sinks of one kind (audio or video) of one stream.
@@ -51,9 +54,11 @@ class FanOut:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.sinks: set[Sink] = set()
-        self.frames = 0
         self._gop: list[MediaFrame] = []
         self._gop_bytes = 0
+
+    def _drop_gop(self) -> None:
+        self._gop, self._gop_bytes = [], 0
 
     def add(self, sink: Sink) -> None:
         self.sinks.add(sink)
@@ -62,7 +67,6 @@ class FanOut:
         self.sinks.discard(sink)
 
     def push(self, frame: MediaFrame) -> None:
-        self.frames += 1
         if self.kind == "video":
             self._keep(frame)
         for sink in tuple(self.sinks):
@@ -70,22 +74,22 @@ class FanOut:
 
     def _keep(self, frame: MediaFrame) -> None:
         if frame.keyframe:
-            self._gop, self._gop_bytes = [], 0
+            self._drop_gop()
         elif not self._gop:
             return  # no keyframe to start from
         self._gop.append(frame)
         self._gop_bytes += frame.size
         if len(self._gop) > GOP_MAX_FRAMES or self._gop_bytes > GOP_MAX_BYTES:
-            self._gop, self._gop_bytes = [], 0  # too long to replay: wait for a keyframe
+            self._drop_gop()  # too long to replay: wait for a keyframe
 
     def reset(self) -> None:
         """The publisher is gone: forget its sinks and its GOP."""
         self.sinks.clear()
-        self._gop, self._gop_bytes = [], 0
+        self._drop_gop()
 
     def gap(self) -> None:
         """Frames were lost upstream: every video sink must resume on a keyframe."""
-        self._gop, self._gop_bytes = [], 0
+        self._drop_gop()
         for sink in self.sinks:
             sink.waiting_keyframe = True
 

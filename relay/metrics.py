@@ -38,7 +38,7 @@ COUNTERS = (
 class RelayCollector(Collector):
     """Reads the live state and the lifetime totals of one app at scrape time."""
 
-    def __init__(self, ctx: Context, recording_totals: Callable[[], Mapping[str, int]] | None) -> None:
+    def __init__(self, ctx: Context, recording_totals: Callable[[], Mapping[str, int]]) -> None:
         self._ctx = ctx
         self._recording_totals = recording_totals
 
@@ -65,16 +65,14 @@ class RelayCollector(Collector):
         totals = ctx.streams.totals()
         for name, documentation, key in COUNTERS:
             yield CounterMetricFamily(name, documentation, value=totals[key])
-        if self._recording_totals is not None:
-            recorded = self._recording_totals()
-            yield CounterMetricFamily("relay_recording_bytes", "Media bytes muxed into recording files",
-                                      value=recorded["bytes"])
-            yield CounterMetricFamily("relay_recording_errors",
-                                      "Recording write failures and writer-queue overflows", value=recorded["errors"])
+        recorded = self._recording_totals()
+        yield CounterMetricFamily("relay_recording_bytes", "Media bytes muxed into recording files",
+                                  value=recorded["bytes"])
+        yield CounterMetricFamily("relay_recording_errors",
+                                  "Recording write failures and writer-queue overflows", value=recorded["errors"])
 
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
-COLLECTOR = web.AppKey("metrics_collector", RelayCollector)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -83,7 +81,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=encoder(request.app[REGISTRY]), headers={"Content-Type": content_type})
 
 
-def setup(app: web.Application, recording_totals: Callable[[], Mapping[str, int]] | None = None) -> RelayCollector:
+def setup(app: web.Application, recording_totals: Callable[[], Mapping[str, int]]) -> None:
     """One registry per app (tests run many apps in one process); join times observed on connect."""
     ctx = app[CONTEXT]
     registry = CollectorRegistry()
@@ -99,6 +97,4 @@ def setup(app: web.Application, recording_totals: Callable[[], Mapping[str, int]
 
     ctx.sessions.connected_listeners.append(joined)
     app[REGISTRY] = registry
-    app[COLLECTOR] = collector
     app.router.add_get("/metrics", metrics)
-    return collector

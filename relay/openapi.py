@@ -11,12 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .endpoint import SDP, SDPFRAG
+from .problems import PROBLEM_TYPE
+from .stream import STREAM_NAME
 
 Doc = dict[str, Any]
 
-SDP = "application/sdp"
-SDPFRAG = "application/trickle-ice-sdpfrag"
-PROBLEM = "application/problem+json"
+PROBLEM = PROBLEM_TYPE
 
 STATUS_TEXT = {
     400: "Bad request (the problem's detail says what to fix)",
@@ -61,7 +62,7 @@ def path_param(name: str, description: str) -> Doc:
 PARAMETERS: Doc = {
     "stream": {"name": "stream", "in": "path", "required": True,
                "description": "Stream name: 1-64 letters, digits, '_' or '-'",
-               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
+               "schema": {"type": "string", "pattern": f"^{STREAM_NAME.pattern}$"}},
     "session": {"name": "session", "in": "path", "required": True,
                 "description": "Session id from the Location of the 201", "schema": {"type": "string"}},
     "token": {"name": "token", "in": "query", "required": False,

@@ -41,7 +41,6 @@ MAX_QUEUE = 320
 SEGMENT_KEYFRAME_RETRY = 1.0
 
 FILE_TIME_FORMAT = "%Y%m%dT%H%M%S"
-EXTENSIONS = {"webm": "webm", "mp4": "mp4"}
 MUX_OPTIONS = {
     # Clusters close every second; flush_packets writes each one out at once.
     "webm": {"flush_packets": "1", "cluster_time_limit": "1000", "max_interleave_delta": "1000000"},
@@ -63,7 +62,7 @@ def container_format(video_codec: str | None) -> str:
 def file_name(started: datetime, fmt: str) -> str:
     """`{UTC start}.{ext}`, e.g. 20250102T030405.678Z.webm: sortable, no colons."""
     utc = started.astimezone(timezone.utc)
-    return f"{utc.strftime(FILE_TIME_FORMAT)}.{utc.microsecond // 1000:03d}Z.{EXTENSIONS[fmt]}"
+    return f"{utc.strftime(FILE_TIME_FORMAT)}.{utc.microsecond // 1000:03d}Z.{fmt}"
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,10 @@ class RecordingFile:
     """A file being written, as the loop sees it."""
 
     spec: FileSpec
-    started: datetime
     t0: float  # monotonic arrival of the file's first frame
     codecs: dict[str, str]
     anchors: dict[str, int] = field(default_factory=dict)  # per kind: output pts - RTP pts
     last_pts: dict[str, int] = field(default_factory=dict)
-    frames: dict[str, int] = field(default_factory=lambda: {"video": 0, "audio": 0})
     duration: float = 0.0
 
     @property
@@ -147,7 +144,6 @@ class Recorder:
         self.waiting_keyframe = False  # set once video flows and cannot be used yet
         self.current: RecordingFile | None = None
         self.ended = False
-        self.files = 0
         self.overflows = 0
         self.dropped = 0
         self.write_errors = 0
@@ -258,8 +254,7 @@ class Recorder:
         codecs = {"video": video_codec} if video_codec else {}
         if audio is not None:
             codecs["audio"] = audio.codec
-        self.current = RecordingFile(spec, started, now, codecs)
-        self.files += 1
+        self.current = RecordingFile(spec, now, codecs)
         self._queue.put(spec)
         log.info("recording %r to %s", self.stream.name, path)
 
@@ -286,7 +281,6 @@ class Recorder:
             return
         self._queue.put(_Write(kind, packet, pts, frame.keyframe))
         current.last_pts[kind] = pts
-        current.frames[kind] += 1
         current.duration = max(current.duration, float(pts * time_base))
 
     def _overflow(self) -> None:

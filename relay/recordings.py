@@ -31,13 +31,13 @@ from .context import Context
 from .endpoint import stream_name
 from .problems import Problem
 from .record import FILE_TIME_FORMAT, Recorder, RecordingFile
+from .sdp import FFMPEG_CODECS
 from .stream import Stream, Streams, valid_stream_name
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = re.compile(r"(\d{8}T\d{6})\.(\d{3})Z\.(webm|mp4)")
 MEDIA_TYPES = {"webm": "video/webm", "mp4": "video/mp4"}
-CODEC_NAMES = {"vp8": "VP8", "h264": "H264", "opus": "opus"}  # as Stream.describe() names them
 RETENTION_INTERVAL = 60.0
 
 
@@ -53,7 +53,7 @@ def probe(path: Path) -> Probe:
     """Duration and codecs; a file cut by a crash has no duration header, so scan its packets."""
     try:
         with av.open(str(path)) as container:
-            codecs = {s.type: CODEC_NAMES.get(s.codec_context.name, s.codec_context.name)
+            codecs = {s.type: FFMPEG_CODECS.get(s.codec_context.name, s.codec_context.name)
                       for s in container.streams if s.type in ("video", "audio")}
             if container.duration:
                 return Probe(round(container.duration / 1_000_000, 3), codecs)

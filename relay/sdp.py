@@ -13,6 +13,9 @@ from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.sdp import SessionDescription
 
 CODEC_MIME = {"VP8": "video/VP8", "H264": "video/H264", "opus": "audio/opus"}
+# The same codecs as FFmpeg (and so PyAV) names them.
+FFMPEG_CODECS = {"vp8": "VP8", "h264": "H264", "opus": "opus"}
+CLOCK_RATES = {"audio": 48000, "video": 90000}  # RTP clock of each kind (RFC 7741, 6184, 7587)
 CODEC_HINT = {
     "video/vp8": "VP8",
     "video/h264": "H.264 constrained baseline (profile-level-id 42e01f or 42001f) "

@@ -51,7 +51,6 @@ class Session:
         self.created = time.monotonic()
         self.connected_at: float | None = None
         self.closed = False
-        self.close_reason = ""
         self._sessions = sessions
         self._connect_timeout = config.ice.connect_timeout
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -127,7 +126,6 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        self.close_reason = reason
         log.info("%s session %s on %r closed: %s", self.kind, self.id, self.stream_name, reason)
         self._sessions.remove(self)
         self.on_close()

@@ -204,9 +204,7 @@ class Stream:
         self.since = None
         for fanout in self.fanouts.values():
             for sink in tuple(fanout.sinks):
-                end = getattr(sink, "end", None)
-                if end:
-                    end()
+                sink.end()
             fanout.reset()
         self._on_change(self)
 

@@ -65,10 +65,6 @@ class ViewerSession(Session):
 def check_codecs(offer: Offer, stream: Stream) -> None:
     """A viewer must take the stream's codec as it is: nothing is transcoded."""
     for media in offer.media:
-        if media.direction not in ("recvonly", "sendrecv"):
-            raise Problem(400, "bad-direction",
-                          f"a WHEP offer receives media: the {media.kind} m= section is "
-                          f"{media.direction}; use recvonly")
         source = stream.tracks.get(media.kind)
         if source is not None and not accepts(media, CODEC_MIME[source.codec]):
             raise Problem(422, "unsupported-codec",
@@ -84,7 +80,7 @@ def check_codecs(offer: Offer, stream: Stream) -> None:
 async def post(request: web.Request) -> web.Response:
     ctx = context(request)
     name = stream_name(request)
-    offer = await read_offer(request)
+    offer = await read_offer(request, ViewerSession.kind)
     stream = ctx.streams.get(name)
     if stream is None or not stream.live:
         raise Problem(409, "stream-offline",

@@ -10,11 +10,10 @@ from .config import Config
 from .context import context
 from .endpoint import created, read_offer, stream_name
 from .problems import Problem
-from .sdp import CODEC_HINT, CODEC_MIME, Offer, capabilities, choose_codec, offered_names
+from .sdp import CLOCK_RATES, CODEC_HINT, CODEC_MIME, Offer, capabilities, choose_codec, offered_names
 from .session import Session, Sessions
 from .stream import Stream
 
-CLOCK_RATES = {"audio": 48000, "video": 90000}
 
 
 class PublisherSession(Session):
@@ -55,10 +54,6 @@ class PublisherSession(Session):
 def choose_codecs(offer: Offer, config: Config) -> dict[str, str]:
     codecs = {}
     for media in offer.media:
-        if media.direction not in ("sendonly", "sendrecv"):
-            raise Problem(400, "bad-direction",
-                          f"a WHIP offer sends media: the {media.kind} m= section is "
-                          f"{media.direction}; use sendonly")
         preferred = config.codecs.video if media.kind == "video" else config.codecs.audio
         mime = choose_codec(media, preferred)
         if mime is None:
@@ -72,7 +67,7 @@ def choose_codecs(offer: Offer, config: Config) -> dict[str, str]:
 async def post(request: web.Request) -> web.Response:
     ctx = context(request)
     name = stream_name(request)
-    offer = await read_offer(request)
+    offer = await read_offer(request, PublisherSession.kind)
     codecs = choose_codecs(offer, ctx.config)
     limits.admit_stream(request)
     stream = ctx.streams.get_or_create(name)

@@ -249,7 +249,7 @@ async def test_ctrl_c_deletes_the_sessions(relay: RunningRelay, monkeypatch: pyt
     publisher = await spawn("publish", relay.url("/whip/sig"), "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}")
     await relay.wait_until(lambda: (s := relay.ctx.streams.get("sig")) is not None and s.size is not None)
     viewer = await spawn("watch", relay.url("/whep/sig"))
-    await relay.wait_until(lambda: relay.ctx.streams.get("sig").fanouts["video"].frames > 0
+    await relay.wait_until(lambda: relay.ctx.streams.get("sig").packets_in > 0
                            and len(relay.ctx.streams.get("sig").viewers) == 1)
     await asyncio.sleep(1)
     viewer.send_signal(signal.SIGINT)  # first: once the publisher leaves, the server ends its viewers itself

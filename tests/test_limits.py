@@ -57,7 +57,7 @@ def test_rate_limiter_memory_is_bounded() -> None:
     for i in range(5000):
         limiter.take(f"10.0.{i // 256}.{i % 256}")
     assert len(limiter) == 100
-    limiter.take("10.0.0.0")  # evicted long ago: a fresh, full bucket
+    assert limiter.take("10.0.0.0") == 0.0, "evicted long ago: a fresh, full bucket"
     assert limiter.take("10.0.19.135") > 0, "the most recent client is still remembered"
 
 
