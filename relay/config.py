@@ -27,6 +27,7 @@ class ServerConfig:
     port: int = 8080
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     max_body_bytes: int = 64 * 1024
+    body_timeout: float = 10.0
     shutdown_grace: float = 5.0
 
 
@@ -157,6 +158,8 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
 
 
 def _validate(config: Config) -> None:
+    if config.server.body_timeout <= 0:
+        raise ConfigError("server.body_timeout: must be a positive number of seconds")
     if not 0 < config.server.port < 65536:
         raise ConfigError(f"server.port: {config.server.port} is not a TCP port (1-65535)")
     for i, name in enumerate(config.codecs.video):

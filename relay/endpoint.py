@@ -6,9 +6,12 @@ Both protocols have an endpoint (POST an offer) and session resources
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import limits
 from .config import Config
@@ -30,16 +33,27 @@ def stream_name(request: web.Request) -> str:
     return name
 
 
-async def read_body(request: web.Request, content_type: str, limit: int) -> str:
+async def read_body(request: web.Request, content_type: str, limit: int, timeout: float) -> str:
+    """The whole body, however the network split it: to its end, or 413 past `limit`, 408 after `timeout`."""
     if request.content_type != content_type:
         raise Problem(415, "unsupported-media-type",
                       f"send the body as Content-Type: {content_type} (got {request.content_type or 'none'!r})",
                       headers={"Accept-Post": SDP} if content_type == SDP else {"Accept-Patch": SDPFRAG})
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise _too_large(limit)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            # One read returns only what is buffered: a 3-8 KB offer arrives in several TCP segments.
+            while chunk := await request.content.read(limit + 1 - len(body)):
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(limit)
+    except TimeoutError:
+        raise Problem(408, "body-timeout", f"the body did not arrive within {timeout:g} s; "
+                                           "send all the bytes its Content-Length announces") from None
+    except (HttpProcessingError, RequestPayloadError) as exc:  # bad chunking or Content-Encoding
+        raise Problem(400, "bad-body", f"the body could not be read: {str(exc).strip()}") from None
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
@@ -56,7 +70,8 @@ OFFER_DIRECTIONS = {"whip": ("sends", ("sendonly", "sendrecv")), "whep": ("recei
 
 
 async def read_offer(request: web.Request, kind: str) -> Offer:
-    text = await read_body(request, SDP, context(request).config.server.max_body_bytes)
+    server = context(request).config.server
+    text = await read_body(request, SDP, server.max_body_bytes, server.body_timeout)
     try:
         offer = parse_offer(text)
     except SdpError as exc:
@@ -125,7 +140,8 @@ def session_handlers(kind: str) -> dict[str, Callable[[web.Request], Awaitable[w
 
     async def patch(request: web.Request) -> web.Response:
         session = session_of(request, kind)
-        text = await read_body(request, SDPFRAG, context(request).config.server.max_body_bytes)
+        server = context(request).config.server
+        text = await read_body(request, SDPFRAG, server.max_body_bytes, server.body_timeout)
         if_match = request.headers.get("If-Match")
         try:
             fragment = parse_fragment(text)
