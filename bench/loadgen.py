@@ -2,7 +2,7 @@
 
 A stock aiortc receiver costs about 100 us per packet, more than Relay's
 send path, so viewers built on it would measure themselves. Once connected,
-a load viewer takes its ICE socket from aiortc (`aiortc_patch.take_media_socket`)
+a load viewer takes its ICE socket from aiortc (`bench.media_socket.take_media_socket`)
 and a poller drains every socket of the process every few milliseconds. RTP
 headers are in the clear in SRTP, so it counts packets, bytes, video frames
 (marker bits) and sequence gaps per payload type; it decrypts one packet in
@@ -22,9 +22,9 @@ from typing import Any
 import pylibsrtp
 from aiortc.sdp import SessionDescription
 
-from relay import aiortc_patch
 from relay.client import WhepClient
 
+from .media_socket import MediaSocket, take_media_socket
 from .peers import loopback_only
 from .proc import serve
 
@@ -62,7 +62,7 @@ class LoadViewer:
     def __init__(self, url: str) -> None:
         self.client = WhepClient(url, ice_servers=[], timeout=CONNECT_TIMEOUT)
         self.counts = Counts()
-        self.media: aiortc_patch.MediaSocket | None = None
+        self.media: MediaSocket | None = None
         self._kinds: dict[int, str] = {}
         self._last_seq: dict[int, int] = {}
         self._until_sample = SAMPLE_EVERY
@@ -73,7 +73,7 @@ class LoadViewer:
         await self.client.wait_connected()
         assert self.client.pc is not None
         self._kinds = payload_kinds(self.client.pc.remoteDescription.sdp)
-        self.media = aiortc_patch.take_media_socket(self.client.pc)
+        self.media = take_media_socket(self.client.pc)
 
     def drain(self) -> None:
         """Count every datagram waiting on the socket; the hot loop of the load generator."""

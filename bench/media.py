@@ -13,8 +13,9 @@ from fractions import Fraction
 import av
 from av.video.frame import PictureType
 
-from relay.forward import FanOut, MediaFrame, ViewerTrack
-from relay.testpattern import VIDEO_CLOCK_RATE, TestPatternTrack, _Paced, make_frame
+from relay.client.testpattern import VIDEO_CLOCK_RATE, TestPatternTrack, _Paced, make_frame
+from relay.media.fanout import FanOut, MediaFrame
+from relay.media.viewer import ViewerTrack
 
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 QUEUE_FRAMES = 30

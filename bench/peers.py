@@ -6,7 +6,7 @@ import asyncio
 
 from aiortc import RTCPeerConnection
 
-from relay import aiortc_patch
+from relay.media import aiortc_patch
 
 LOOPBACK = "127.0.0.1"
 

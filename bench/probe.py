@@ -19,7 +19,7 @@ from aiortc.contrib.media import blackhole_consume
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from relay.client import ClientError, WhepClient
-from relay.testpattern import latency_ms, read_stamp
+from relay.client.testpattern import latency_ms, read_stamp
 
 from .peers import loopback_only
 from .proc import serve

@@ -12,9 +12,9 @@ from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from relay import aiortc_patch
 from relay.client import WhipClient
-from relay.testpattern import ToneTrack
+from relay.client.testpattern import ToneTrack
+from relay.media import aiortc_patch
 
 from .media import LiveVideo, LoopTrack, encode_loop
 from .peers import loopback_only, wait_connected

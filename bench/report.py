@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.testpattern import AUDIO_PTIME
+from relay.client.testpattern import AUDIO_PTIME
 
 from .measure import FPS
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from relay.names import STREAM_NAME_RULE, token_problem, valid_stream_name
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
@@ -157,9 +159,12 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _validate(config: Config) -> None:
+def validate(config: Config) -> None:
+    """Raise ConfigError naming the first bad key; run again after command-line overrides."""
     if config.server.body_timeout <= 0:
         raise ConfigError("server.body_timeout: must be a positive number of seconds")
+    if not config.server.host:
+        raise ConfigError("server.host: give an address to listen on (127.0.0.1, 0.0.0.0, ::)")
     if not 0 < config.server.port < 65536:
         raise ConfigError(f"server.port: {config.server.port} is not a TCP port (1-65535)")
     for i, name in enumerate(config.codecs.video):
@@ -187,8 +192,6 @@ def _validate(config: Config) -> None:
 
 
 def _validate_recording(recording: RecordingConfig) -> None:
-    from .stream import valid_stream_name  # stream.py imports this module
-
     if not recording.dir:
         raise ConfigError("recording.dir: give a directory for the recordings")
     if recording.segment_seconds and recording.segment_seconds < 1:
@@ -198,13 +201,10 @@ def _validate_recording(recording: RecordingConfig) -> None:
             raise ConfigError(f"recording.{key}: 0 (no limit) or a positive number")
     for name in recording.streams:
         if not valid_stream_name(name):
-            raise ConfigError(f"recording.streams.{name}: not a stream name (1-64 letters, digits, '_' or '-')")
+            raise ConfigError(f"recording.streams.{name}: not a stream name ({STREAM_NAME_RULE})")
 
 
 def _validate_auth(auth: AuthConfig) -> None:
-    from .auth import token_problem
-    from .stream import valid_stream_name
-
     tokens = {"auth": auth, **{f"auth.streams.{name}": s for name, s in auth.streams.items()}}
     for prefix, section in tokens.items():
         for key in ("publish_token", "view_token"):
@@ -213,7 +213,7 @@ def _validate_auth(auth: AuthConfig) -> None:
                 raise ConfigError(f"{prefix}.{key}: {problem}")
     for name in auth.streams:
         if not valid_stream_name(name):
-            raise ConfigError(f"auth.streams.{name}: not a stream name (1-64 letters, digits, '_' or '-')")
+            raise ConfigError(f"auth.streams.{name}: not a stream name ({STREAM_NAME_RULE})")
 
 
 def _validate_limits(limits: LimitsConfig) -> None:
@@ -238,5 +238,5 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     config = _build(Config, data, "")
-    _validate(config)
+    validate(config)
     return config

@@ -12,6 +12,10 @@ from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.sdp import SessionDescription
 
+# HTTP content types of offers/answers (RFC 9725) and trickle fragments (RFC 8840).
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+
 CODEC_MIME = {"VP8": "video/VP8", "H264": "video/H264", "opus": "audio/opus"}
 # The same codecs as FFmpeg (and so PyAV) names them.
 FFMPEG_CODECS = {"vp8": "VP8", "h264": "H264", "opus": "opus"}
@@ -66,6 +70,11 @@ def parse_offer(text: str) -> Offer:
     for m in media:
         if not m.codecs:
             raise SdpError(f"the {m.kind} m= section lists no codec (a=rtpmap)")
+    for m in description.media:
+        if m.kind in ("audio", "video") and m.port and not (m.dtls and m.dtls.fingerprints):
+            # aiortc would accept the offer and fail later, inside its connect task
+            raise SdpError(f"the {m.kind} m= section has no a=fingerprint and a=setup: DTLS-SRTP needs "
+                           "the certificate's fingerprint (RFC 8122)")
     _check_bundle(description)
     return Offer(text, media)
 

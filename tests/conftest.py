@@ -10,18 +10,18 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 import yaml
 from aiohttp.test_utils import TestServer
 
-from relay.aiortc_patch import restrict_host_addresses
-from relay.app import create_app
 from relay.config import load_config
-from relay.context import CONTEXT, Context
+from relay.media.aiortc_patch import restrict_host_addresses
+from relay.server.app import create_app
+from relay.server.context import CONTEXT, Context
 
 LOOPBACK = {"ice": {"host_addresses": ["127.0.0.1"]}}
 

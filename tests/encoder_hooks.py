@@ -17,13 +17,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import av
 import aiortc.codecs
 import aiortc.codecs.g711
 import aiortc.codecs.g722
 import aiortc.codecs.opus
 import aiortc.codecs.vpx
 import aiortc.rtcrtpsender
+import av
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.codecs.vpx import Vp8Encoder

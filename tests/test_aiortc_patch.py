@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiortc.clock
 
-from relay import aiortc_patch
+from relay.media import aiortc_patch
 
 
 def test_fast_ntp_clock_reads_the_same_time() -> None:

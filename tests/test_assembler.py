@@ -6,8 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from relay.assembler import EncodedFrame, Unwrapper, VideoAssembler
-from relay.keyframes import KeyframeRequester
+from relay.media.assembler import EncodedFrame, Unwrapper, VideoAssembler
+from relay.media.keyframes import KeyframeRequester
 
 
 @dataclass

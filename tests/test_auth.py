@@ -15,10 +15,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from relay.auth import RedactingAccessLogger, hash_token, required_token
 from relay.client import SessionError, WhepClient, WhipClient
+from relay.client.testpattern import TestPatternTrack, ToneTrack
 from relay.config import ConfigError, load_config
-from relay.testpattern import TestPatternTrack, ToneTrack
+from relay.names import hash_token
+from relay.server.auth import RedactingAccessLogger, required_token
 
 from .conftest import RunningRelay, free_port, merge
 from .test_http_errors import assert_problem, request

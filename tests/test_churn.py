@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from relay.client import WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack
+from relay.client.testpattern import TestPatternTrack
 
 from .conftest import RelayProcess, spawn_relay
 from .test_lifecycle import first_stamp

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from relay.client import WhepClient, WhipClient
-from relay.filesource import FileSource
-from relay.session import Session
-from relay.testpattern import TestPatternTrack, ToneTrack, make_frame, psnr, read_stamp
+from relay.client.filesource import FileSource
+from relay.client.testpattern import TestPatternTrack, ToneTrack, make_frame, psnr, read_stamp
+from relay.server.session import Session
 
 from .conftest import RunningRelay, start_relay
 from .encoder_hooks import install

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from relay.client import ClientError, SessionError, WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack, latency_ms, psnr, read_stamp
+from relay.client.testpattern import TestPatternTrack, ToneTrack, latency_ms, psnr, read_stamp
 
 from .conftest import RunningRelay
 

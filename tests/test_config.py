@@ -43,3 +43,12 @@ def test_serve_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "server.port" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags,key", [(["--port", "70000"], "server.port"), (["--port", "0"], "server.port"),
+                                       (["--recordings-dir", ""], "recording.dir"), (["--host", ""], "server.host")])
+def test_serve_checks_command_line_overrides_too(flags: list[str], key: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "relay", "serve", *flags],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert key in result.stderr and "Traceback" not in result.stderr

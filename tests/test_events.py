@@ -8,7 +8,7 @@ import json
 import aiohttp
 
 from relay.client import WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack
+from relay.client.testpattern import TestPatternTrack
 
 from .conftest import RunningRelay, start_relay
 from .test_http_errors import make_offer

@@ -21,8 +21,10 @@ import av
 from aiortc.mediastreams import MediaStreamError
 
 from relay.client import WhepClient, WhipClient
-from relay.forward import FanOut, MediaFrame, ViewerTrack
-from relay.testpattern import TestPatternTrack
+from relay.client.testpattern import TestPatternTrack
+from relay.media.fanout import FanOut, MediaFrame
+from relay.media.viewer import ViewerTrack
+from relay.server.whep import ViewerSession
 
 from .conftest import RunningRelay
 from .test_lifecycle import assert_nothing_left, first_stamp
@@ -55,11 +57,9 @@ async def kill_and_time(relay: RunningRelay, process: subprocess.Popen[bytes], r
 
 
 def connected_viewers(relay: RunningRelay, stream: str, min_frames: int) -> int:
-    found = relay.ctx.streams.get(stream)
-    if not found:
-        return 0
-    return sum(1 for v in found.viewers
-               if v.pc.connectionState == "connected" and sum(t.frames_sent for t in v.tracks) >= min_frames)
+    return sum(1 for s in relay.ctx.sessions
+               if isinstance(s, ViewerSession) and s.stream_name == stream and s.state == "connected"
+               and s.viewer is not None and s.viewer.frames_sent >= min_frames)
 
 
 async def test_killed_viewer_is_released_and_the_others_keep_watching() -> None:

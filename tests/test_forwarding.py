@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-
 import pytest
 
-from relay import aiortc_patch
 from relay.client import WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
+from relay.client.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
+from relay.media import aiortc_patch
 
 from .conftest import RunningRelay, start_relay
 

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from relay.app import create_app
-from relay.auth import hash_token
 from relay.config import load_config
-from relay.context import CONTEXT, Context
+from relay.names import hash_token
+from relay.server.app import create_app
+from relay.server.context import CONTEXT, Context
 
 from .conftest import LOOPBACK, merge
 from .test_http_errors import make_offer

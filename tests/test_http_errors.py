@@ -7,7 +7,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 
 from relay.client import WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack
+from relay.client.testpattern import TestPatternTrack, ToneTrack
 
 from .conftest import RunningRelay, start_relay
 
@@ -153,3 +153,42 @@ async def test_unknown_route_and_method_are_problems(relay: RunningRelay) -> Non
     assert_problem(response, body, 404, "/nothing/here")
     response, body = await request("PUT", relay.url("/whip/a"))
     assert_problem(response, body, 405, "PUT")
+
+
+async def test_inputs_that_once_gave_500_get_4xx(relay: RunningRelay) -> None:
+    for method in ("GET", "HEAD"):
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, relay.url("/static/%00")) as response:
+                assert response.status == 404
+    response, body = await request("POST", relay.url("/api/streams/cam/events"), "[" * 30000 + "]" * 30000,
+                                   **{"Content-Type": "application/json"})
+    assert_problem(response, body, 400, "JSON array")
+
+
+async def test_an_offer_without_fingerprint_is_400_before_aiortc_sees_it(relay: RunningRelay) -> None:
+    offer = "\r\n".join(line for line in (await make_offer()).splitlines() if not line.startswith("a=fingerprint"))
+    response, body = await request("POST", relay.url("/whip/nofp"), offer + "\r\n",
+                                   **{"Content-Type": "application/sdp"})
+    assert_problem(response, body, 400, "fingerprint")
+    assert len(relay.ctx.sessions) == 0 and relay.ctx.streams.get("nofp") is None
+
+
+async def test_a_fault_of_relay_during_negotiation_is_a_logged_500(
+    relay: RunningRelay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in Relay")
+
+    sdp = {"Content-Type": "application/sdp"}
+    async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(160, 120), ToneTrack()], video_codec="VP8"):
+        await relay.wait_until(lambda: len(relay.ctx.streams.get("cam").tracks) == 2)
+        monkeypatch.setattr("relay.media.viewer.aiortc_patch.use_packer", broken)
+        response, body = await request("POST", relay.url("/whep/cam"), await make_offer("recvonly"), **sdp)
+        assert_problem(response, body, 500, "server log")
+        assert "a bug in Relay" in caplog.text  # the traceback is in the log, not in the answer
+        assert "a bug in Relay" not in str(body)
+        assert relay.ctx.sessions.count("whep") == 0 and not relay.ctx.streams.get("cam").viewers
+    monkeypatch.setattr("relay.media.stream.Stream.add_receiver", broken)
+    response, body = await request("POST", relay.url("/whip/cam2"), await make_offer(), **sdp)
+    assert_problem(response, body, 500, "server log")
+    assert len(relay.ctx.sessions) == 0 and not relay.ctx.streams.get("cam2").live

@@ -10,7 +10,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from relay.client import WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack, read_stamp
+from relay.client.testpattern import TestPatternTrack, ToneTrack, read_stamp
 
 from .conftest import RunningRelay, start_relay
 

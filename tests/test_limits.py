@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from relay.client import SessionError, WhepClient, WhipClient
-from relay.limits import RateLimiter
-from relay.testpattern import ToneTrack
+from relay.client.testpattern import ToneTrack
+from relay.server.limits import RateLimiter
 
 from .conftest import RunningRelay, start_relay
 from .test_http_errors import assert_problem, make_offer, request

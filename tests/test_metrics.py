@@ -9,7 +9,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.client import WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack
+from relay.client.testpattern import TestPatternTrack, ToneTrack
 
 from .conftest import RunningRelay
 from .test_lifecycle import first_stamp
@@ -42,7 +42,7 @@ async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> Non
             await asyncio.sleep(1)
             stream = relay.ctx.streams.get("m")
             packets_before = stream.packets_in
-            frames_before = sum(t.frames_sent for v in stream.viewers for t in v.tracks)
+            frames_before = sum(v.frames_sent for v in stream.viewers)
             live = await scrape(relay)
             assert value(live, "relay_streams_live") == 1
             assert value(live, "relay_publishers") == 1 and value(live, "relay_viewers") == 2
@@ -54,7 +54,7 @@ async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> Non
             assert packets_before <= packets <= stream.packets_in
             assert value(live, "relay_bytes_in_total") > packets * 12
             frames = value(live, "relay_frames_out_total")
-            assert frames_before <= frames <= sum(t.frames_sent for v in stream.viewers for t in v.tracks)
+            assert frames_before <= frames <= sum(v.frames_sent for v in stream.viewers)
             assert frames > 2 * 30, "two viewers, more than a second of video and audio"
             assert value(live, "relay_bytes_out_total") > frames * 10
             # a joiner asks for a keyframe only when there is no GOP to replay: the count must be the server's

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from relay.client import WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack, read_stamp
+from relay.client.testpattern import TestPatternTrack, ToneTrack, read_stamp
 
 from .conftest import spawn_relay
 

@@ -6,7 +6,7 @@ import aiohttp
 from aiohttp import web
 from openapi_spec_validator import validate
 
-from relay.openapi import document
+from relay.server.openapi import document
 
 from .conftest import RunningRelay
 
@@ -26,8 +26,8 @@ async def test_the_document_matches_the_router(relay: RunningRelay) -> None:
     routes, doc = routed(relay.server.app), documented(document())
     # aiohttp adds HEAD to every GET: that HEAD is implied by the documented GET.
     implied = {(path, "head") for path, method in doc if method == "get"}
-    assert sorted(routes - doc - implied) == [], "routes missing from relay/openapi.py"
-    assert sorted(doc - routes) == [], "relay/openapi.py documents routes the app does not have"
+    assert sorted(routes - doc - implied) == [], "routes missing from relay/server/openapi.py"
+    assert sorted(doc - routes) == [], "relay/server/openapi.py documents routes the app does not have"
 
 
 async def test_the_document_is_valid_and_served(relay: RunningRelay) -> None:

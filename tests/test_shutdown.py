@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from relay.client import WhepClient, WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack
+from relay.client.testpattern import TestPatternTrack, ToneTrack
 
 from .conftest import spawn_relay
 from .test_faults import wait_ended

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from relay.testpattern import (
+from relay.client.testpattern import (
     Stamp,
     TestPatternTrack,
     ToneTrack,

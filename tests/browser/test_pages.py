@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.client import WhipClient
-from relay.testpattern import TestPatternTrack, ToneTrack
+from relay.client.testpattern import TestPatternTrack, ToneTrack
 
 from ..conftest import RunningRelay, start_relay
 from .conftest import page_errors, video_frames_decoded, video_pixels

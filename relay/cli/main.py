@@ -1,0 +1,112 @@
+"""`relay` command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from relay.cli import probe, publish, watch
+from relay.config import ConfigError, load_config, validate
+
+
+def serve(args: argparse.Namespace) -> int:
+    from relay.server.app import create_app
+    from relay.server.auth import RedactingAccessLogger, is_loopback, publishing_open
+
+    try:
+        config = load_config(args.config)
+        if args.host is not None:
+            config.server.host = args.host
+        if args.port is not None:
+            config.server.port = args.port
+        if args.record:
+            config.recording.enabled = True
+        if args.recordings_dir is not None:
+            config.recording.dir = args.recordings_dir
+        validate(config)
+    except ConfigError as exc:
+        print(f"relay: bad config: {exc}", file=sys.stderr)
+        return 2
+    if publishing_open(config.auth) and not is_loopback(config.server.host):
+        logging.getLogger("relay").warning(
+            "anyone who can reach %s may publish any stream: set auth.publish_token "
+            "(or per-stream tokens with auth.open_publish: false)", config.server.host)
+    app = create_app(config)
+    app.on_shutdown.insert(0, exit_deadline(config.server.shutdown_grace))
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        shutdown_timeout=config.server.shutdown_grace / 2,  # for requests in flight; the rest is for peers and files
+        access_log_class=RedactingAccessLogger,
+        print=lambda msg: print(f"relay: serving on http://{config.server.host}:{config.server.port}", flush=True),
+    )
+    return 0
+
+
+def exit_deadline(seconds: float) -> Callable[[web.Application], Awaitable[None]]:
+    """A shutdown hook that ends the process `seconds` after SIGTERM/SIGINT, whatever still hangs.
+
+    A timer thread, so a blocked event loop cannot stop it; recordings are
+    flushed every second, so at worst the last second of a file is lost.
+    """
+
+    async def arm(app: web.Application) -> None:
+        timer = threading.Timer(seconds, _exit_now, args=(seconds,))
+        timer.daemon = True
+        timer.start()
+
+    return arm
+
+
+def _exit_now(seconds: float) -> None:
+    logging.getLogger("relay").error("shutdown took longer than %g s (server.shutdown_grace): exiting now", seconds)
+    logging.shutdown()
+    os._exit(1)
+
+
+def hash_token(args: argparse.Namespace) -> int:
+    from relay.names import hash_token as digest
+
+    token = args.token or (getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline().strip())
+    if not token:
+        print("relay: no token given", file=sys.stderr)
+        return 2
+    print(digest(token))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description="WebRTC broadcast relay (WHIP in, WHEP out)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve", help="run the server")
+    p.add_argument("--config", help="YAML settings file (default: embedded defaults)")
+    p.add_argument("--host", help="listen address (overrides server.host)")
+    p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.add_argument("--record", action="store_true",
+                   help="record every stream (sets recording.enabled; per-stream 'enabled: false' still wins)")
+    p.add_argument("--recordings-dir", metavar="DIR", help="where recordings go (overrides recording.dir)")
+    p.set_defaults(func=serve)
+    h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
+    h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")
+    h.set_defaults(func=hash_token)
+    for client_command in (publish, watch, probe):
+        client_command.add_parser(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

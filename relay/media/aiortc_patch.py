@@ -1,0 +1,275 @@
+"""Every touch of aiortc's and aioice's private internals lives here.
+
+Written against aiortc 1.16.0 and aioice 0.13.0. aiortc has no public hook
+for encoded media (upstream #55, #449): the receiver always decodes and the
+sender only forwards through ``Encoder.pack()``. We tap the receiver after
+RTX unwrap and depayloading, before its jitter buffer, and give each sender a
+packer that never opens a codec. The import fails with a clear message when
+the installed versions do not have what this module relies on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import aioice
+import aioice.ice
+import aioice.stun
+import aiortc
+import aiortc.clock
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs.base import Encoder
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
+from aiortc.mediastreams import convert_timebase
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtp import RtpPacket
+
+AIORTC_VERSION = "1.16.0"
+AIOICE_VERSION = "0.13.0"
+
+
+def _check() -> None:
+    problems = []
+    if aiortc.__version__ != AIORTC_VERSION:
+        problems.append(f"aiortc {aiortc.__version__} is installed, Relay needs {AIORTC_VERSION}")
+    if aioice.__version__ != AIOICE_VERSION:
+        problems.append(f"aioice {aioice.__version__} is installed, Relay needs {AIOICE_VERSION}")
+    needs = [
+        (RTCRtpReceiver.__init__, "_RTCRtpReceiver__jitter_buffer"),
+        (RTCRtpReceiver._handle_rtp_packet, "_RTCRtpReceiver__jitter_buffer"),
+        (RTCRtpSender.__init__, "_RTCRtpSender__encoder"),
+        (RTCRtpSender._next_encoded_frame, "_RTCRtpSender__encoder"),
+        (RTCRtpSender._handle_rtcp_packet, "_send_keyframe"),
+        (RTCRtpSender._handle_rtcp_packet, "_retransmit"),
+        (RTCRtpReceiver._handle_rtp_packet, "_send_rtcp_nack"),
+        (Vp8Encoder.target_bitrate.fget, "_Vp8Encoder__target_bitrate"),
+        (H264Encoder.target_bitrate.fget, "_H264Encoder__target_bitrate"),
+        (aioice.ice.Connection.gather_candidates, "get_host_addresses"),
+        (aioice.ice.Connection.query_consent, "CONSENT_FAILURES"),
+        (RTCRtpSender._run_rtp, "current_ntp_time"),
+    ]
+    for func, name in needs:
+        if name not in func.__code__.co_names:
+            problems.append(f"{func.__qualname__} no longer uses {name}")
+    if not hasattr(RTCDtlsTransport, "_set_role"):
+        problems.append("RTCDtlsTransport._set_role is gone")
+    if not hasattr(RTCRtpReceiver, "_send_rtcp_pli"):
+        problems.append("RTCRtpReceiver._send_rtcp_pli is gone")
+    if problems:
+        raise ImportError(
+            "relay.media.aiortc_patch: the installed aiortc/aioice do not match what the "
+            "pass-through path was written for: " + "; ".join(problems)
+            + f". Install aiortc=={AIORTC_VERSION} (pip install -e .)."
+        )
+
+
+_check()
+
+
+def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> None:
+    """Send every depayloaded packet to `on_packet` instead of the decoder.
+
+    Replaces the receiver's jitter buffer ``add`` (rtcrtpreceiver.py:551):
+    returning ``(False, None)`` means nothing is ever queued for decoding, so
+    the decoder thread idles and no decoder is created. ``packet.ssrc`` is the
+    media SSRC (RTX is already unwrapped) and ``packet._data`` the payload
+    without its RTP payload descriptor (Annex-B for H.264).
+    """
+    jitter_buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+
+    def add(packet: RtpPacket) -> tuple[bool, None]:
+        on_packet(packet)
+        return False, None
+
+    jitter_buffer.add = add
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Ask the publisher for a keyframe (RTCP PSFB PLI)."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Route a viewer's PLI/FIR to `callback`; the stock sender only flags its encoder."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+_OPUS_CLOCK = Fraction(1, 48000)
+
+
+class _OpusPacker(Encoder):
+    """Opus needs no packetizing; aiortc's OpusEncoder would open a libopus context."""
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        raise RuntimeError("pass-through sender cannot encode")
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        return [bytes(packet)], convert_timebase(packet.pts, packet.time_base, _OPUS_CLOCK)
+
+
+_PACKERS: dict[str, Callable[[], Encoder]] = {
+    "video/vp8": Vp8Encoder,  # opens libvpx only in encode(), which we never call
+    "video/h264": H264Encoder,
+    "audio/opus": _OpusPacker,
+}
+
+
+def use_packer(sender: RTCRtpSender, mime_type: str) -> None:
+    """Give the sender a pack-only encoder, so no codec context is ever opened."""
+    sender._RTCRtpSender__encoder = _PACKERS[mime_type.lower()]()  # type: ignore[attr-defined]
+
+
+class _TunedEncoder(Encoder):
+    """aiortc's VP8/H.264 encoder with a bitrate ceiling and a keyframe interval.
+
+    Stock aiortc clamps the target to 250 kbps-1.5 Mbps, forces a keyframe
+    only on PLI/FIR (its VP8 GOP is 3000 frames) and restarts its encoder,
+    emitting a keyframe, whenever REMB moves the target by over 10 %. With an
+    interval, a new REMB target is applied at the next keyframe, so keyframes
+    come on schedule.
+    """
+
+    def __init__(self, inner: Encoder, bitrate: int | None, keyframe_interval: float | None) -> None:
+        self._inner = inner
+        self._ceiling = bitrate
+        self._interval = keyframe_interval
+        self._last_keyframe: float | None = None
+        self._pending: int | None = None
+        if bitrate:
+            self._apply(bitrate)
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        now = float(frame.pts * frame.time_base)
+        due = self._interval is not None and (
+            self._last_keyframe is None or now - self._last_keyframe >= self._interval - 1e-3
+        )
+        if force_keyframe or due:
+            force_keyframe = True
+            self._last_keyframe = now
+            if self._pending is not None:
+                self._apply(self._pending)
+                self._pending = None
+        return self._inner.encode(frame, force_keyframe)
+
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        return self._inner.pack(packet)
+
+    @property
+    def target_bitrate(self) -> int:
+        return self._inner.target_bitrate  # type: ignore[attr-defined,no-any-return]
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        if self._ceiling:
+            # REMB may lower the rate, never above the ceiling nor below aiortc's floor.
+            bitrate = max(min(bitrate, self._ceiling), min(MIN_BITRATE, self._ceiling))
+        if self._interval is not None and self._last_keyframe is not None:
+            self._pending = bitrate
+        else:
+            self._apply(bitrate)
+
+    def _apply(self, bitrate: int) -> None:
+        if self._ceiling:
+            # The mangled field bypasses the setter's clamp, which a ceiling may exceed.
+            setattr(self._inner, f"_{type(self._inner).__name__}__target_bitrate", bitrate)
+        else:
+            self._inner.target_bitrate = bitrate  # type: ignore[attr-defined]
+
+
+def tune_encoder(
+    sender: RTCRtpSender, mime_type: str, bitrate: int | None, keyframe_interval: float | None
+) -> None:
+    """Encode video for `sender` at most at `bitrate` bps, with a keyframe every `keyframe_interval` s."""
+    inner = {"video/vp8": Vp8Encoder, "video/h264": H264Encoder}[mime_type.lower()]()
+    sender._RTCRtpSender__encoder = _TunedEncoder(inner, bitrate, keyframe_interval)  # type: ignore[attr-defined]
+
+
+def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
+    """Make the coming answer say a=setup:passive where the offer left the choice.
+
+    aiortc answers actpass with active (DTLS client); GStreamer with an RSA
+    certificate then meets aiortc's ECDSA-only client cipher list ("no shared
+    cipher"). As DTLS server aiortc works with every client we know of. Call
+    between setRemoteDescription and createAnswer.
+    """
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport._role == "auto":
+            transport._set_role("server")
+
+
+def restrict_host_addresses(addresses: list[str]) -> None:
+    """Gather host candidates only on `addresses` (process-wide in aioice).
+
+    aioice also never offers 127.0.0.1, which a loopback-only test namespace needs.
+    """
+    if not addresses:
+        aioice.ice.get_host_addresses = _default_host_addresses
+        return
+    pinned = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in pinned if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+_default_host_addresses = aioice.ice.get_host_addresses
+
+
+def set_consent_timeout(seconds: float) -> None:
+    """Detect a vanished peer within `seconds` at worst (aioice's default is about 30 s).
+
+    aioice sends one consent check every CONSENT_INTERVAL x 0.8-1.2 s with no
+    retransmission, so each failing check takes up to 1.2 x interval plus one
+    STUN timeout (RETRY_RTO); the peer is dropped after CONSENT_FAILURES
+    failures in a row. About eight checks per timeout tolerate the odd lost one.
+    """
+    interval = min(5.0, max(0.5, seconds / 8))
+    aioice.ice.CONSENT_INTERVAL = interval
+    aioice.ice.CONSENT_FAILURES = max(1, math.floor(seconds / (1.2 * interval + aioice.stun.RETRY_RTO)))
+
+
+def on_nack_sent(receiver: RTCRtpReceiver, callback: Callable[[int], None]) -> None:
+    """Tell `callback` how many packets each NACK the receiver sends asks for (runs only on loss)."""
+    send = receiver._send_rtcp_nack
+
+    async def counted(media_ssrc: int, lost: list[int]) -> None:
+        callback(len(lost))
+        await send(media_ssrc, lost)
+
+    receiver._send_rtcp_nack = counted  # type: ignore[method-assign]
+
+
+def on_nack_received(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call `callback` for each packet a viewer's NACK asks the sender to retransmit."""
+    retransmit = sender._retransmit
+
+    async def counted(sequence_number: int) -> None:
+        callback()
+        await retransmit(sequence_number)
+
+    sender._retransmit = counted  # type: ignore[method-assign]
+
+
+_NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+
+
+def _current_ntp_time() -> int:
+    now = time.time()
+    seconds = int(now)
+    return ((seconds + _NTP_UNIX_OFFSET) << 32) | int((now - seconds) * (1 << 32))
+
+
+def use_fast_ntp_clock() -> None:
+    """aiortc's sender reads the NTP clock twice per packet through `datetime`
+    (clock.current_ntp_time: two datetime objects, a timedelta, a division),
+    8 % of the server's time with 16 viewers (docs/benchmarks.md). The same
+    64-bit NTP value from `time.time()` costs a fraction of that.
+    """
+    aiortc.clock.current_ntp_time = _current_ntp_time

@@ -1,0 +1,281 @@
+"""A named stream: its publisher's tapped media, its fan-outs, its viewers and its state.
+
+Both sides join here: the publisher session hands each receiver to
+`add_receiver`, a viewer session gets its senders from `subscribe`.
+Viewers and recorders only ever see `MediaFrame`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+
+from relay.config import ForwardConfig
+from relay.media import aiortc_patch
+from relay.media.bitstream import video_size
+from relay.media.fanout import FanOut
+from relay.media.keyframes import KeyframeRequester
+from relay.media.meter import RateMeter
+from relay.media.tap import PublisherTap
+from relay.media.viewer import Viewer, ViewerTrack
+from relay.sdp import CODEC_MIME
+
+log = logging.getLogger(__name__)
+
+# A keyframe within this many seconds of a PLI answers it (libwebrtc: about
+# one frame plus the round trip); the first PLI is sent this long after start.
+PLI_ANSWER_WINDOW = 0.5
+PLI_CHECK_DELAY = 1.5
+
+
+class Publisher(Protocol):
+    """Whoever holds the stream: only its identity matters here (a stale stop() is ignored)."""
+
+    id: str
+
+
+class Stream:
+    def __init__(self, name: str, config: ForwardConfig, on_change: Callable[[Stream], None]) -> None:
+        self.name = name
+        self.config = config
+        self._on_change = on_change
+        self.fanouts = {"video": FanOut("video"), "audio": FanOut("audio")}
+        self.tracks: dict[str, PublisherTap] = {}
+        self.publisher: Publisher | None = None
+        self.viewers: set[Viewer] = set()
+        self.since: datetime | None = None
+        self.size: tuple[int, int] | None = None
+        self.nacks_sent = 0
+        self.nacks_received = 0
+        # Counts of publishers and viewers gone, so totals() never goes down.
+        self._ended: Counter[str] = Counter()
+        self.recording = False
+        self.meter_in = RateMeter()
+        self.meter_out = RateMeter()
+        self._receivers: dict[str, RTCRtpReceiver] = {}
+        self._keyframes: KeyframeRequester | None = None
+        self._started = 0.0
+        # Does the publisher answer keyframe requests? Browsers do; an encoder
+        # with a fixed keyframe interval does not, and then joiners are started
+        # from the cached GOP instead of waiting for its next keyframe.
+        self._pli_pending: float | None = None
+        self._pli_answered = True
+        self._pli_check: asyncio.TimerHandle | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.publisher is not None
+
+    @property
+    def packets_in(self) -> int:
+        return self.meter_in.count
+
+    @property
+    def keyframe_requests(self) -> int:
+        """Keyframe requests sent to every publisher this stream has had."""
+        return self._ended["keyframe_requests"] + (self._keyframes.sent if self._keyframes else 0)
+
+    @property
+    def keyframe_reasons(self) -> dict[str, int]:
+        return dict(self._keyframes.reasons) if self._keyframes else {}
+
+    @property
+    def answers_keyframe_requests(self) -> bool:
+        if self._pli_pending is not None and time.monotonic() - self._pli_pending > PLI_ANSWER_WINDOW:
+            return False  # asked, and no keyframe came in time
+        return self._pli_answered
+
+    def start(self, publisher: Publisher) -> None:
+        """A publisher takes the stream; called before its offer is applied."""
+        self._pli_check = asyncio.get_running_loop().call_later(
+            PLI_CHECK_DELAY, self.request_keyframe, "check: does the publisher answer?")
+        self.publisher = publisher
+        self.since = datetime.now(UTC)
+        self._started = time.monotonic()
+        self._keyframes = KeyframeRequester(
+            self._send_pli,
+            self.fanouts["video"].any_waiting,
+            self.config.keyframe_min_interval,
+            self.config.keyframe_retry_interval,
+        )
+        self._on_change(self)
+
+    def add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str, clock_rate: int) -> None:
+        track = PublisherTap(kind, codec, clock_rate, self.fanouts[kind], (self.meter_in, self.meter_out),
+                             self.config.hole_wait, self.video_keyframe, self.request_keyframe)
+        self.tracks[kind] = track
+        self._receivers[kind] = receiver
+        aiortc_patch.tap_receiver(receiver, track.on_packet)
+        aiortc_patch.on_nack_sent(receiver, self._count_nacks_sent)
+
+    def _count_nacks_sent(self, packets: int) -> None:
+        self.nacks_sent += packets
+
+    def count_nack_received(self) -> None:
+        self.nacks_received += 1
+
+    def stop(self, publisher: Publisher) -> None:
+        """The publisher is gone: end every sink and go offline."""
+        if self.publisher is not publisher:
+            return
+        if self._keyframes:
+            self._keyframes.close()
+            self._ended["keyframe_requests"] += self._keyframes.sent
+        self._keyframes = None
+        if self._pli_check:
+            self._pli_check.cancel()
+        self._pli_check, self._pli_pending, self._pli_answered = None, None, True
+        self.publisher = None
+        self.tracks = {}
+        self._receivers = {}
+        self.size = None
+        self.since = None
+        for fanout in self.fanouts.values():
+            for sink in tuple(fanout.sinks):
+                sink.end()
+            fanout.reset()
+        self._on_change(self)
+
+    def request_keyframe(self, reason: str) -> None:
+        if self._keyframes:
+            self._keyframes.request(reason)
+
+    def video_keyframe(self, codec: str, data: bytes) -> None:
+        if self._pli_pending is not None:
+            self._pli_answered = time.monotonic() - self._pli_pending <= PLI_ANSWER_WINDOW
+            self._pli_pending = None
+        size = video_size(codec, data)
+        if size and size != self.size:
+            self.size = size
+            self._on_change(self)
+
+    async def _send_pli(self) -> bool:
+        track, receiver = self.tracks.get("video"), self._receivers.get("video")
+        if track is None or receiver is None or track.ssrc is None:
+            return False  # no video packet yet: the requester keeps the request
+        await aiortc_patch.send_pli(receiver, track.ssrc)
+        if self._pli_pending is None:
+            self._pli_pending = time.monotonic()
+        return True
+
+    def set_recording(self, recording: bool) -> None:
+        """Set by the recordings manager, so the API and live updates show it."""
+        if recording != self.recording:
+            self.recording = recording
+            self._on_change(self)
+
+    def subscribe(self, pc: RTCPeerConnection, kinds: Iterable[str], on_end: Callable[[], None]) -> Viewer:
+        """A viewer of the `kinds` this stream carries, its senders added to `pc`; counted from now on.
+
+        `on_end` is called when the stream ends under the viewer (the publisher left).
+        """
+        # Start from the cached GOP only when asking for a keyframe would not bring one soon.
+        replay = 0 if self.answers_keyframe_requests else self.config.gop_replay_bitrate
+        tracks = {kind: ViewerTrack(self.fanouts[kind], self.config.viewer_queue_frames, self.request_keyframe, replay)
+                  for kind in kinds if kind in self.tracks}
+        viewer = Viewer(tracks, on_end)
+        viewer.add_senders(pc, {kind: CODEC_MIME[self.tracks[kind].codec] for kind in tracks},
+                           lambda: self.request_keyframe("viewer PLI/FIR"), self.count_nack_received)
+        self.viewers.add(viewer)
+        self._on_change(self)
+        return viewer
+
+    def unsubscribe(self, viewer: Viewer) -> None:
+        """The viewer left: stop its tracks and keep what it was sent in the totals."""
+        viewer.stop()
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            self._ended.update(frames_out=viewer.frames_sent, bytes_out=viewer.bytes_sent)
+            self._on_change(self)
+
+    def totals(self) -> Counter[str]:
+        """Counters over this stream's life, for /metrics: read at scrape time, never per packet."""
+        totals = Counter(self._ended)
+        for viewer in self.viewers:
+            totals.update(frames_out=viewer.frames_sent, bytes_out=viewer.bytes_sent)
+        totals.update(packets_in=self.packets_in, bytes_in=self.meter_in.total, nacks_sent=self.nacks_sent,
+                      nacks_received=self.nacks_received,
+                      keyframe_requests=self._keyframes.sent if self._keyframes else 0)
+        return totals
+
+    def describe(self) -> dict[str, Any]:
+        """The stream as the JSON API and the dashboard show it."""
+        video, audio = self.tracks.get("video"), self.tracks.get("audio")
+        return {
+            "name": self.name,
+            "live": self.live,
+            "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
+            "uptime_s": round(time.monotonic() - self._started, 1) if self.live else 0,
+            "video": {
+                "codec": video.codec,
+                "width": self.size[0] if self.size else None,
+                "height": self.size[1] if self.size else None,
+            } if video else None,
+            "audio": {"codec": audio.codec} if audio else None,
+            "bitrate_in": self.meter_in.bps(),
+            "bitrate_out": self.meter_out.bps(),
+            "viewers": len(self.viewers),
+            "recording": self.recording,
+        }
+
+
+class Streams:
+    """Every stream by name; listeners hear of each change (for live updates).
+
+    A stream that went offline stays listed (as offline) for `linger` seconds,
+    so pages can show "offline" rather than nothing; at most `max_offline` are kept.
+    """
+
+    def __init__(self, config: ForwardConfig, linger: float = 300.0, max_offline: int = 256) -> None:
+        self._config = config
+        self._linger = linger
+        self._max_offline = max_offline
+        self._streams: dict[str, Stream] = {}
+        self._offline_since: dict[str, float] = {}
+        self.listeners: list[Callable[[Stream], None]] = []
+        # Totals of streams already forgotten, so /metrics counters never go down.
+        self.retired: Counter[str] = Counter()
+
+    def get(self, name: str) -> Stream | None:
+        return self._streams.get(name)
+
+    def get_or_create(self, name: str) -> Stream:
+        self._prune()
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = Stream(name, self._config, self._changed)
+        return stream
+
+    def __iter__(self) -> Iterator[Stream]:
+        self._prune()
+        return iter(list(self._streams.values()))
+
+    def _changed(self, stream: Stream) -> None:
+        if stream.live or stream.viewers:
+            self._offline_since.pop(stream.name, None)
+        else:
+            self._offline_since.setdefault(stream.name, time.monotonic())
+        for listener in list(self.listeners):
+            listener(stream)
+
+    def _prune(self) -> None:
+        expired = time.monotonic() - self._linger
+        offline = sorted(self._offline_since.items(), key=lambda item: item[1])
+        for i, (name, since) in enumerate(offline):
+            if since < expired or i < len(offline) - self._max_offline:
+                del self._offline_since[name]
+                self.retired.update(self._streams.pop(name).totals())
+
+    def totals(self) -> Counter[str]:
+        """Counters over every stream there has been."""
+        totals = Counter(self.retired)
+        for stream in self:
+            totals.update(stream.totals())
+        return totals

@@ -1,0 +1,67 @@
+"""A publisher's receiver, tapped: RTP packets in, encoded frames out to the fan-out.
+
+`aiortc_patch.tap_receiver` hands each packet here after RTX unwrap and
+depayload, before aiortc's jitter buffer: nothing is ever decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+
+import av
+from aiortc.rtp import RtpPacket
+
+from relay.media.assembler import AudioSequencer, EncodedFrame, VideoAssembler
+from relay.media.fanout import FanOut, MediaFrame
+from relay.media.meter import RateMeter
+
+
+class PublisherTap:
+    """One kind of a publisher's media: assembles frames and pushes one shared `av.Packet` each."""
+
+    def __init__(
+        self,
+        kind: str,
+        codec: str,
+        clock_rate: int,
+        fanout: FanOut,
+        meters: tuple[RateMeter, RateMeter],
+        hole_wait: float,
+        on_keyframe: Callable[[str, bytes], None],
+        request_keyframe: Callable[[str], None],
+    ) -> None:
+        self.kind = kind
+        self.codec = codec
+        self.ssrc: int | None = None
+        self._fanout = fanout
+        self._meter_in, self._meter_out = meters
+        self._on_keyframe = on_keyframe if kind == "video" else None
+        self._request_keyframe = request_keyframe
+        self._time_base = Fraction(1, clock_rate)
+        self._base: int | None = None
+        self.assembler: VideoAssembler | AudioSequencer
+        if kind == "video":
+            self.assembler = VideoAssembler(codec, self._on_frame, self._on_loss, hole_wait)
+        else:
+            self.assembler = AudioSequencer(self._on_frame)
+
+    def on_packet(self, packet: RtpPacket) -> None:
+        self.ssrc = packet.ssrc
+        self._meter_in.add(len(packet.payload) + 12)
+        self.assembler.add(packet)
+
+    def _on_frame(self, frame: EncodedFrame) -> None:
+        if self._base is None:
+            self._base = frame.timestamp
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = frame.timestamp - self._base
+        packet.time_base = self._time_base
+        if frame.keyframe and self._on_keyframe is not None:
+            self._on_keyframe(self.codec, frame.data)
+        self._meter_out.add(len(frame.data) * len(self._fanout.sinks))
+        self._fanout.push(MediaFrame(packet, frame.keyframe, len(frame.data)))
+
+    def _on_loss(self) -> None:
+        self._fanout.gap()
+        self._request_keyframe("upstream loss")

@@ -1,0 +1,1 @@
+"""The HTTP server (aiohttp): WHIP, WHEP, sessions, API, events, pages, recordings, metrics."""

@@ -1,0 +1,100 @@
+"""`/metrics` in the Prometheus text format.
+
+Nothing is counted for metrics on the media path: a custom collector reads,
+at scrape time, the counters the streams, viewers and sessions keep anyway
+(`Streams.totals()`, `Sessions`). The only metric observed as it happens is
+the join time, once per session when it first connects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from relay.server.context import CONTEXT, Context
+from relay.server.session import Session
+
+JOIN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 15.0)
+STATES = ("new", "connecting", "connected", "failed", "closed")
+
+# name, help, key of Streams.totals()
+COUNTERS = (
+    ("relay_rtp_packets_in", "RTP packets received from publishers", "packets_in"),
+    ("relay_bytes_in", "RTP bytes (payload + 12-byte header) received from publishers", "bytes_in"),
+    ("relay_frames_out", "Encoded frames handed to viewers' senders", "frames_out"),
+    ("relay_bytes_out", "Encoded media bytes handed to viewers' senders", "bytes_out"),
+    ("relay_keyframe_requests", "Keyframe requests (PLI) sent to publishers", "keyframe_requests"),
+    ("relay_nacks_sent", "Packets NACKed to publishers (asked to be sent again)", "nacks_sent"),
+    ("relay_nacks_received", "Packets viewers NACKed (asked Relay to send again)", "nacks_received"),
+)
+
+
+class RelayCollector(Collector):
+    """Reads the live state and the lifetime totals of one app at scrape time."""
+
+    def __init__(self, ctx: Context, recording_totals: Callable[[], Mapping[str, int]]) -> None:
+        self._ctx = ctx
+        self._recording_totals = recording_totals
+
+    def collect(self) -> Iterator[Metric]:
+        ctx = self._ctx
+        streams = list(ctx.streams)
+        live = [s for s in streams if s.live]
+        yield GaugeMetricFamily("relay_streams_live", "Streams with a publisher", value=len(live))
+        yield GaugeMetricFamily("relay_publishers", "WHIP sessions", value=ctx.sessions.count("whip"))
+        yield GaugeMetricFamily("relay_viewers", "WHEP sessions", value=ctx.sessions.count("whep"))
+        per_stream = GaugeMetricFamily("relay_stream_viewers", "Viewers of each live stream", labels=["stream"])
+        for stream in live:
+            per_stream.add_metric([stream.name], len(stream.viewers))
+        yield per_stream
+        states = Counter((s.kind, s.state) for s in ctx.sessions)
+        by_state = GaugeMetricFamily("relay_sessions", "Sessions by protocol and connection state",
+                                     labels=["kind", "state"])
+        for kind in ("whip", "whep"):
+            for state in STATES:
+                by_state.add_metric([kind, state], states[(kind, state)])
+        yield by_state
+        yield GaugeMetricFamily("relay_accepting", "1 while new sessions are accepted, 0 while shutting down",
+                                value=1 if ctx.accepting else 0)
+        totals = ctx.streams.totals()
+        for name, documentation, key in COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=totals[key])
+        recorded = self._recording_totals()
+        yield CounterMetricFamily("relay_recording_bytes", "Media bytes muxed into recording files",
+                                  value=recorded["bytes"])
+        yield CounterMetricFamily("relay_recording_errors",
+                                  "Recording write failures and writer-queue overflows", value=recorded["errors"])
+
+
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """The text format, or OpenMetrics when the scraper's Accept asks for it."""
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(request.app[REGISTRY]), headers={"Content-Type": content_type})
+
+
+def setup(app: web.Application, recording_totals: Callable[[], Mapping[str, int]]) -> None:
+    """One registry per app (tests run many apps in one process); join times observed on connect."""
+    ctx = app[CONTEXT]
+    registry = CollectorRegistry()
+    collector = RelayCollector(ctx, recording_totals)
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    join = Histogram("relay_join_seconds", "From the offer POST to the peer connection connected",
+                     ["kind"], registry=registry, buckets=JOIN_BUCKETS)
+
+    def joined(session: Session) -> None:
+        if session.connected_at is not None:
+            join.labels(session.kind).observe(session.connected_at - session.created)
+
+    ctx.sessions.connected_listeners.append(joined)
+    app[REGISTRY] = registry
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,72 @@
+"""WHEP (draft-ietf-wish-whep-04): a viewer's session and the endpoint that creates it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from relay.config import Config
+from relay.media.stream import Stream
+from relay.media.viewer import Viewer
+from relay.sdp import CODEC_HINT, CODEC_MIME, Offer, accepts, offered_names
+from relay.server import limits
+from relay.server.context import context
+from relay.server.endpoint import created, read_offer, stream_name
+from relay.server.events import stream_events_link
+from relay.server.problems import Problem
+from relay.server.session import Session, Sessions
+
+RETRY_AFTER = 2
+
+
+class ViewerSession(Session):
+    kind = "whep"
+
+    def __init__(self, sessions: Sessions, stream: Stream, config: Config) -> None:
+        super().__init__(sessions, stream.name, config)
+        self.stream = stream
+        self.viewer: Viewer | None = None
+
+    async def negotiate(self, offer: Offer) -> str:
+        """Subscribe to the stream (sendonly senders, its codecs pinned), then answer."""
+        self.viewer = self.stream.subscribe(self.pc, offer.kinds(), self._on_stream_ended)
+        return await self.answer(offer.sdp)
+
+    def _on_stream_ended(self) -> None:
+        if not self.closed:
+            self.spawn(self.close("stream ended"))
+
+    def on_close(self) -> None:
+        if self.viewer is not None:
+            self.stream.unsubscribe(self.viewer)
+
+
+def check_codecs(offer: Offer, stream: Stream) -> None:
+    """A viewer must take the stream's codec as it is: nothing is transcoded."""
+    for media in offer.media:
+        source = stream.tracks.get(media.kind)
+        if source is not None and not accepts(media, CODEC_MIME[source.codec]):
+            raise Problem(422, "unsupported-codec",
+                          f"stream {stream.name!r} carries {media.kind} as "
+                          f"{CODEC_HINT[CODEC_MIME[source.codec].lower()]}; offer it (the offer has "
+                          f"{offered_names(media)})")
+    if not any(media.kind in stream.tracks for media in offer.media):
+        raise Problem(422, "no-common-media",
+                      f"stream {stream.name!r} has {' and '.join(stream.tracks) or 'no media yet'}; "
+                      f"the offer asks only for {' and '.join(offer.kinds())}")
+
+
+async def post(request: web.Request) -> web.Response:
+    ctx = context(request)
+    name = stream_name(request)
+    offer = await read_offer(request, ViewerSession.kind)
+    stream = ctx.streams.get(name)
+    if stream is None or not stream.live:
+        raise Problem(409, "stream-offline",
+                      f"stream {name!r} has no live publisher; retry after {RETRY_AFTER} s",
+                      headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name)})
+    check_codecs(offer, stream)
+    limits.admit_viewer(stream, ctx.config.limits)
+    session = ViewerSession(ctx.sessions, stream, ctx.config)
+    answer = await session.negotiate_or_close(offer)
+    session.start()
+    return created(session, answer, ctx.config, [stream_events_link(name)])

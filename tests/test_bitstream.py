@@ -1,0 +1,89 @@
+"""VP8 and H.264 headers as real encoders write them: keyframes, frame starts, sizes, SPS cropping."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from relay.media.bitstream import (
+    H264_IDR,
+    H264_SPS,
+    h264_nal_units,
+    h264_packet_nal_type,
+    h264_size,
+    h264_sps_size,
+    video_size,
+    vp8_frame_start,
+    vp8_keyframe,
+    vp8_size,
+)
+
+
+def encode(codec: str, width: int, height: int, frames: int = 3, **options: str) -> list[bytes]:
+    """Encode `frames` noise frames; the first is a keyframe, the rest are not."""
+    context = av.CodecContext.create(codec, "w")
+    context.width, context.height, context.pix_fmt = width, height, "yuv420p"
+    context.time_base = Fraction(1, 30)
+    context.options = {"g": "100", **options}
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(frames):
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        out += [bytes(p) for p in context.encode(frame)]
+    out += [bytes(p) for p in context.encode(None)]
+    return out
+
+
+@pytest.mark.parametrize("width,height", [(320, 240), (642, 362), (1280, 720)])
+def test_vp8_keyframe_and_size(width: int, height: int) -> None:
+    key, *deltas = encode("libvpx", width, height)
+    assert vp8_keyframe(key) and vp8_size(key) == (width, height)
+    assert video_size("VP8", key) == (width, height)
+    assert deltas and not any(vp8_keyframe(d) for d in deltas)
+    assert all(vp8_size(d) is None for d in deltas)
+
+
+def test_vp8_frame_start_reads_the_payload_descriptor() -> None:
+    assert vp8_frame_start(bytes([0x10, 0x00]))  # S=1, PID=0
+    assert vp8_frame_start(bytes([0x90, 0x80, 0x01]))  # X=1 extension, S=1, PID=0
+    assert not vp8_frame_start(bytes([0x00]))  # continuation
+    assert not vp8_frame_start(bytes([0x11]))  # S=1 but partition 1
+    assert not vp8_frame_start(b"")
+
+
+@pytest.mark.parametrize("width,height,profile", [
+    (320, 240, "baseline"),  # whole macroblocks: no cropping
+    (320, 180, "baseline"),  # 180 = 11.25 macroblocks: bottom cropped
+    (642, 362, "baseline"),  # odd sizes: cropped right and bottom
+    (1280, 720, "high"),  # a High-profile SPS has chroma and bit-depth fields first
+    (1918, 1078, "high"),
+])
+def test_h264_sps_size_applies_cropping(width: int, height: int, profile: str) -> None:
+    key, *deltas = encode("libx264", width, height, profile=profile, tune="zerolatency")
+    units = h264_nal_units(key)
+    types = [u[0] & 0x1F for u in units]
+    assert H264_SPS in types and H264_IDR in types
+    sps = units[types.index(H264_SPS)]
+    assert h264_sps_size(sps) == (width, height)
+    assert h264_size(key) == video_size("H264", key) == (width, height)
+    assert deltas and all(h264_size(d) is None for d in deltas)  # no SPS outside the keyframe
+
+
+def test_h264_sps_that_is_cut_short_gives_no_size() -> None:
+    key = encode("libx264", 320, 240, frames=1, profile="baseline")[0]
+    sps = next(u for u in h264_nal_units(key) if u[0] & 0x1F == H264_SPS)
+    assert h264_sps_size(sps[:4]) is None
+
+
+def test_h264_packet_nal_type_looks_inside_stap_a_and_fu_a() -> None:
+    assert h264_packet_nal_type(bytes([0x65, 0x88])) == H264_IDR  # single NAL unit
+    stap_a = bytes([0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xCE])
+    assert h264_packet_nal_type(stap_a) == H264_SPS
+    fu_a_start = bytes([0x7C, 0x85, 0x00])  # FU indicator type 28, header S=1 type 5
+    assert h264_packet_nal_type(fu_a_start) == H264_IDR
+    assert h264_packet_nal_type(b"") == 0
