@@ -80,7 +80,8 @@ class LoadViewer:
         media = self.media
         if media is None:
             return
-        recv, buf, counts, kinds, last_seq = media.sock.recvfrom_into, self._buf, self.counts, self._kinds, self._last_seq
+        recv, buf = media.sock.recvfrom_into, self._buf
+        counts, kinds, last_seq = self.counts, self._kinds, self._last_seq
         while True:
             try:
                 size, addr = recv(buf)

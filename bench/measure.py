@@ -235,7 +235,9 @@ class Rig:
                 await self.probe_call("unwatch", leg=leg)
         if self.publisher:
             await self.publisher.stop()
-        self.publisher = await Child.start(f"{self.kind}-publisher", "bench.publisher", [], self.load_core, self.log_dir)
+        self.publisher = await Child.start(
+            f"{self.kind}-publisher", "bench.publisher", [], self.load_core, self.log_dir
+        )
         self.stream = stream
         info = await self.publisher.call(
             "start", url=self.url(f"/whip/{stream}"), mode=mode, width=size.width, height=size.height,
@@ -364,7 +366,8 @@ class Sweep:
         return (1 - line.intercept) / line.slope if line and line.slope > 0 else None
 
     def summary(self) -> dict[str, Any]:
-        per_viewer, per_packet, rss, kernel = self.per_viewer, self.per_packet, self.rss_per_viewer, self.kernel_per_packet
+        per_viewer, per_packet = self.per_viewer, self.per_packet
+        rss, kernel = self.rss_per_viewer, self.kernel_per_packet
         return {
             "server": self.server, "size": self.size, "video_bps": self.video_bps,
             "cpu_per_viewer": per_viewer.slope if per_viewer else None,
@@ -406,7 +409,8 @@ async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
             break
         capacity = viewers
         if step.limit in ("server", "load generator"):  # the next count cannot pass honestly
-            limit = f"{step.limit} CPU at {step.server_cpu if step.limit == 'server' else step.load_cpu:.0%} at {viewers} viewers"
+            cpu = step.server_cpu if step.limit == "server" else step.load_cpu
+            limit = f"{step.limit} CPU at {cpu:.0%} at {viewers} viewers"
             break
     await rig.set_viewers(0)
     return Sweep(rig.kind, size.name, info["video_bps"], steps, capacity, limit)

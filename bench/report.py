@@ -134,9 +134,10 @@ def _steps(results: dict[str, Any]) -> list[str]:
                 _f(s["server_core_busy"], ".0f", 100), _f(s["load_core_busy"], ".0f", 100),
                 "yes" if s["ok"] else "**no**",
             ])
-    return _table(["server", "size", "viewers", "server CPU %", "of which kernel %", "packets/s out", "Mbps per load viewer",
-                   "probe fps", "probe loss %", "probe max frame gap ms", "RSS MB", "load CPU %", "load gen µs/packet",
-                   "SRTP authentic/sampled", "server core busy %", "load core busy %", "ok"], rows)
+    return _table(["server", "size", "viewers", "server CPU %", "of which kernel %", "packets/s out",
+                   "Mbps per load viewer", "probe fps", "probe loss %", "probe max frame gap ms", "RSS MB",
+                   "load CPU %", "load gen µs/packet", "SRTP authentic/sampled", "server core busy %",
+                   "load core busy %", "ok"], rows)
 
 
 def _goals(results: dict[str, Any]) -> list[str]:
@@ -149,7 +150,8 @@ def _goals(results: dict[str, Any]) -> list[str]:
         return "not measured" if value is None else ("met" if value <= goal else "**not met**")
 
     rows = [
-        ["CPU-µs per packet per viewer", f"≤ {GOAL_US_PER_PACKET:g}", _f(worst_us), verdict(worst_us, GOAL_US_PER_PACKET)],
+        ["CPU-µs per packet per viewer", f"≤ {GOAL_US_PER_PACKET:g}", _f(worst_us),
+         verdict(worst_us, GOAL_US_PER_PACKET)],
     ]
     for j in gop4:
         pli = "honours" if j["publisher_honors_pli"] else "ignores"

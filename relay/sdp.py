@@ -67,9 +67,9 @@ def parse_offer(text: str) -> Offer:
     kinds = [m.kind for m in media]
     if kinds.count("audio") > 1 or kinds.count("video") > 1:
         raise SdpError("offer at most one audio and one video track (one MediaStream)")
-    for m in media:
-        if not m.codecs:
-            raise SdpError(f"the {m.kind} m= section lists no codec (a=rtpmap)")
+    for offered in media:
+        if not offered.codecs:
+            raise SdpError(f"the {offered.kind} m= section lists no codec (a=rtpmap)")
     for m in description.media:
         if m.kind in ("audio", "video") and m.port and not (m.dtls and m.dtls.fingerprints):
             # aiortc would accept the offer and fail later, inside its connect task
@@ -88,16 +88,18 @@ def _check_bundle(description: SessionDescription) -> None:
             continue
         unknown = [mid for mid in group.items if mid not in mids]
         if unknown or not group.items or group.items[0] not in media_mids:
-            raise SdpError(f"a=group:BUNDLE {' '.join(group.items)} must list the a=mid of the offer's "
+            raise SdpError(f"a=group:BUNDLE {' '.join(map(str, group.items))} must list the a=mid of the offer's "
                            "m= sections, the first one an audio or video section")
 
 
 def capabilities(mime: str) -> list[RTCRtpCodecCapability]:
     """aiortc's capabilities for one codec, with RTX so retransmission stays on."""
     kind = mime.split("/")[0]
+    found = RTCRtpReceiver.getCapabilities(kind)
+    assert found is not None  # annotated Optional, but aiortc raises ValueError for a kind it lacks
     return [
         c
-        for c in RTCRtpReceiver.getCapabilities(kind).codecs
+        for c in found.codecs
         if c.mimeType.lower() in (mime.lower(), f"{kind}/rtx")
     ]
 

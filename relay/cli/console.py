@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TextIO, TypeVar
+from typing import TextIO, TypedDict, TypeVar
 from urllib.parse import unquote
 
 from aiortc import RTCIceServer
@@ -67,7 +67,15 @@ def ice_servers(urls: list[str]) -> list[RTCIceServer] | None:
     return servers
 
 
-def client_options(args: argparse.Namespace) -> dict[str, object]:
+class ClientOptions(TypedDict):
+    """The keyword arguments every client takes (`relay.client.session.Client`)."""
+
+    token: str | None
+    ice_servers: list[RTCIceServer] | None
+    timeout: float
+
+
+def client_options(args: argparse.Namespace) -> ClientOptions:
     """Keyword arguments for WhipClient/WhepClient from the common options."""
     return {"token": args.token, "ice_servers": ice_servers(args.ice_server), "timeout": args.timeout}
 

@@ -18,17 +18,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import numpy as np
 from aiortc.contrib.media import blackhole_consume
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from relay.cli.console import Interrupted, StatusLine, add_client_options, client_options, interruptible, run, until
+from relay.cli.console import (
+    ClientOptions,
+    Interrupted,
+    StatusLine,
+    add_client_options,
+    client_options,
+    interruptible,
+    run,
+    until,
+)
 from relay.cli.publish import bytes_sent, parse_bitrate, parse_size, positive
 from relay.client import ClientError, WhepClient, WhipClient, start_when_live
 from relay.client.testpattern import TestPatternTrack, ToneTrack, latency_ms, read_stamp
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "probe", help="publish the test pattern, join N viewers, report join time, latency, fps, freezes",
         description="Publish the stamped test pattern to URL_WHIP, join --viewers viewers at URL_WHEP, "
@@ -54,7 +64,7 @@ class Viewer:
     """One measuring viewer: what it decoded and when."""
 
     url: str
-    options: dict[str, Any]
+    options: ClientOptions
     client: WhepClient | None = None
     posted: float | None = None
     first_frame: float | None = None
@@ -68,6 +78,7 @@ class Viewer:
             video = await self._join(deadline)
             while True:
                 frame = await video.recv()
+                assert isinstance(frame, av.VideoFrame)  # the viewer's WhepClient decodes
                 now = time.monotonic()
                 if self.first_frame is None:
                     self.first_frame = now

@@ -56,7 +56,7 @@ def positive(text: str) -> float:
     return value
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "publish", help="publish a media file or the test pattern to a WHIP endpoint",
         description="Publish to a WHIP endpoint until the file ends, --duration passes or Ctrl-C; "

@@ -31,7 +31,7 @@ WINDOW = 2.0  # seconds the live figures are averaged over
 SAME_CLOCK_MS = (-1000.0, 60000.0)
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = commands.add_parser(
         "watch", help="watch a WHEP endpoint: live fps, bitrate, loss, latency; optionally record",
         description="Subscribe to a WHEP endpoint until --duration passes, the stream ends or Ctrl-C; "
@@ -91,7 +91,9 @@ class VideoProbe:
     """Decodes received video once, for its size and the test pattern's stamp."""
 
     def __init__(self, codec: str) -> None:
-        self._decoder = av.CodecContext.create(codec.lower(), "r")
+        decoder = av.CodecContext.create(codec.lower(), "r")
+        assert isinstance(decoder, av.VideoCodecContext)  # only video tracks are probed
+        self._decoder = decoder
 
     def frames(self, data: bytes) -> list[av.VideoFrame]:
         try:

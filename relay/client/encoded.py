@@ -9,9 +9,9 @@ only asks for one when its own jitter buffer or decoder runs into trouble.
 from __future__ import annotations
 
 from aiortc import RTCRtpReceiver
-from aiortc.rtp import RtpPacket
 
 from relay.media import aiortc_patch
+from relay.media.aiortc_patch import DepayloadedPacket
 from relay.media.assembler import AudioSequencer, EncodedFrame, VideoAssembler
 from relay.media.gated_queue import GatedQueue
 from relay.media.keyframes import KeyframeRequester
@@ -47,7 +47,7 @@ class EncodedTrack:
     def overflows(self) -> int:
         return self._queue.overflows
 
-    def on_packet(self, packet: RtpPacket) -> None:
+    def on_packet(self, packet: DepayloadedPacket) -> None:
         if self._queue.closed:
             return
         if self._assembler is None:

@@ -174,7 +174,7 @@ class FileSource:
             origin = container.start_time / 1_000_000 if container.start_time else 0.0
             annexb = None
             video = streams.get("video")
-            if "video" in self.as_is and video.codec_context.name == "h264" \
+            if video is not None and "video" in self.as_is and video.codec_context.name == "h264" \
                     and (video.codec_context.extradata or b"")[:1] == b"\x01":
                 annexb = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", video)
             resampler = av.AudioResampler(format="s16", layout="stereo", rate=48000, frame_size=960)

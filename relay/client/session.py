@@ -68,7 +68,9 @@ def parse_ice_server_links(values: list[str]) -> list[RTCIceServer]:
 def negotiated_codecs(sdp: str) -> dict[str, dict[int, str]]:
     """Payload type -> codec name ("VP8", "opus", ...) per mid, from an SDP."""
     return {
-        str(media.rtp.muxId): {c.payloadType: c.mimeType.split("/")[1] for c in media.rtp.codecs}
+        str(media.rtp.muxId): {
+            c.payloadType: c.mimeType.split("/")[1] for c in media.rtp.codecs if c.payloadType is not None
+        }
         for media in SessionDescription.parse(sdp).media
     }
 

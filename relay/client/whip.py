@@ -59,8 +59,8 @@ class WhipClient(Client):
             mime = self._pinned.get(track.kind)
             if mime:
                 transceiver.setCodecPreferences(capabilities(mime))
-            if track.kind in self._packets:
-                aiortc_patch.use_packer(transceiver.sender, mime)
+                if track.kind in self._packets:  # pinned: __init__ refuses packets of an unnamed codec
+                    aiortc_patch.use_packer(transceiver.sender, mime)
             self.transceivers[track.kind] = transceiver
 
     async def _apply_answer(self, answer: str) -> None:

@@ -33,6 +33,24 @@ AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
 
 
+class DepayloadedPacket(RtpPacket):
+    """An RtpPacket as `tap_receiver` hands it on, with the ``_data`` aiortc's receiver sets.
+
+    ``_data`` is the payload without its RTP payload descriptor (rtcrtpreceiver.py:543);
+    aiortc adds it undeclared, so this class is only a type: no instance is ever made.
+    """
+
+    _data: bytes
+
+
+def _getter(cls: type, name: str) -> Callable[..., Any]:
+    """The getter of property `name` of `cls` (to mypy, a property with a setter has no ``fget``)."""
+    prop = vars(cls)[name]
+    if not isinstance(prop, property) or prop.fget is None:
+        raise ImportError(f"relay.media.aiortc_patch: {cls.__qualname__}.{name} is no longer a property")
+    return prop.fget
+
+
 def _check() -> None:
     problems = []
     if aiortc.__version__ != AIORTC_VERSION:
@@ -47,8 +65,8 @@ def _check() -> None:
         (RTCRtpSender._handle_rtcp_packet, "_send_keyframe"),
         (RTCRtpSender._handle_rtcp_packet, "_retransmit"),
         (RTCRtpReceiver._handle_rtp_packet, "_send_rtcp_nack"),
-        (Vp8Encoder.target_bitrate.fget, "_Vp8Encoder__target_bitrate"),
-        (H264Encoder.target_bitrate.fget, "_H264Encoder__target_bitrate"),
+        (_getter(Vp8Encoder, "target_bitrate"), "_Vp8Encoder__target_bitrate"),
+        (_getter(H264Encoder, "target_bitrate"), "_H264Encoder__target_bitrate"),
         (aioice.ice.Connection.gather_candidates, "get_host_addresses"),
         (aioice.ice.Connection.query_consent, "CONSENT_FAILURES"),
         (RTCRtpSender._run_rtp, "current_ntp_time"),
@@ -71,7 +89,7 @@ def _check() -> None:
 _check()
 
 
-def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> None:
+def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[DepayloadedPacket], None]) -> None:
     """Send every depayloaded packet to `on_packet` instead of the decoder.
 
     Replaces the receiver's jitter buffer ``add`` (rtcrtpreceiver.py:551):
@@ -82,7 +100,7 @@ def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None
     """
     jitter_buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
 
-    def add(packet: RtpPacket) -> tuple[bool, None]:
+    def add(packet: DepayloadedPacket) -> tuple[bool, None]:
         on_packet(packet)
         return False, None
 
@@ -134,7 +152,7 @@ class _TunedEncoder(Encoder):
     come on schedule.
     """
 
-    def __init__(self, inner: Encoder, bitrate: int | None, keyframe_interval: float | None) -> None:
+    def __init__(self, inner: Vp8Encoder | H264Encoder, bitrate: int | None, keyframe_interval: float | None) -> None:
         self._inner = inner
         self._ceiling = bitrate
         self._interval = keyframe_interval
@@ -161,7 +179,7 @@ class _TunedEncoder(Encoder):
 
     @property
     def target_bitrate(self) -> int:
-        return self._inner.target_bitrate  # type: ignore[attr-defined,no-any-return]
+        return self._inner.target_bitrate
 
     @target_bitrate.setter
     def target_bitrate(self, bitrate: int) -> None:
@@ -178,14 +196,15 @@ class _TunedEncoder(Encoder):
             # The mangled field bypasses the setter's clamp, which a ceiling may exceed.
             setattr(self._inner, f"_{type(self._inner).__name__}__target_bitrate", bitrate)
         else:
-            self._inner.target_bitrate = bitrate  # type: ignore[attr-defined]
+            self._inner.target_bitrate = bitrate
 
 
 def tune_encoder(
     sender: RTCRtpSender, mime_type: str, bitrate: int | None, keyframe_interval: float | None
 ) -> None:
     """Encode video for `sender` at most at `bitrate` bps, with a keyframe every `keyframe_interval` s."""
-    inner = {"video/vp8": Vp8Encoder, "video/h264": H264Encoder}[mime_type.lower()]()
+    encoders: dict[str, type[Vp8Encoder | H264Encoder]] = {"video/vp8": Vp8Encoder, "video/h264": H264Encoder}
+    inner = encoders[mime_type.lower()]()
     sender._RTCRtpSender__encoder = _TunedEncoder(inner, bitrate, keyframe_interval)  # type: ignore[attr-defined]
 
 
@@ -231,7 +250,7 @@ def set_consent_timeout(seconds: float) -> None:
     failures in a row. About eight checks per timeout tolerate the odd lost one.
     """
     interval = min(5.0, max(0.5, seconds / 8))
-    aioice.ice.CONSENT_INTERVAL = interval
+    aioice.ice.CONSENT_INTERVAL = interval  # type: ignore[assignment]  # aioice private: typed int, used as seconds
     aioice.ice.CONSENT_FAILURES = max(1, math.floor(seconds / (1.2 * interval + aioice.stun.RETRY_RTO)))
 
 

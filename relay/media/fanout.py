@@ -99,6 +99,7 @@ class FanOut:
             offsets.append(sent * 8 / bitrate)
             sent += frame.size
         newest, time_base = self._gop[-1].packet.pts, self._gop[-1].packet.time_base
+        assert newest is not None  # the tap stamps every frame it fans out
         pts, replay = newest + 1, []
         for frame, offset in zip(reversed(self._gop), reversed(offsets)):  # newest first
             pts = min(pts - 1, newest - round((offsets[-1] - offset) / time_base))

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import av
-from aiortc.rtp import RtpPacket
 
+from relay.media.aiortc_patch import DepayloadedPacket
 from relay.media.assembler import AudioSequencer, EncodedFrame, VideoAssembler
 from relay.media.fanout import FanOut, MediaFrame
 from relay.media.meter import RateMeter
@@ -46,7 +46,7 @@ class PublisherTap:
         else:
             self.assembler = AudioSequencer(self._on_frame)
 
-    def on_packet(self, packet: RtpPacket) -> None:
+    def on_packet(self, packet: DepayloadedPacket) -> None:
         self.ssrc = packet.ssrc
         self._meter_in.add(len(packet.payload) + 12)
         self.assembler.add(packet)

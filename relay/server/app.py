@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.config import Config
 from relay.media import aiortc_patch
@@ -46,7 +47,7 @@ def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamRes
         return origin if origin in origins else None
 
     @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         def add_cors(response: web.StreamResponse) -> None:
             allowed = allow(request)
             if allowed:
@@ -65,7 +66,7 @@ def cors_middleware(origins: list[str]) -> Callable[..., Awaitable[web.StreamRes
     return middleware
 
 
-def _accepting(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _accepting(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         if not request.app[CONTEXT].accepting:
             raise health.shutting_down()

@@ -29,7 +29,6 @@ STREAM_EVENTS = ("active", "inactive", "viewercount")
 HEARTBEAT = 2.0  # the dashboard's bitrates and uptimes move even when nothing changes
 SUBSCRIPTION_TTL = 60.0
 MAX_SUBSCRIPTIONS = 4096
-HUB = web.AppKey("events", "EventHub")
 
 
 @dataclass
@@ -48,13 +47,14 @@ class EventHub:
         self.subscriptions: OrderedDict[str, Subscription] = OrderedDict()
         streams.listeners.append(self._on_change)
 
-    def _on_change(self, stream: Stream) -> None:
+    def _on_change(self, stream: Stream | None) -> None:
+        """`stream` changed; None when the hub closes, so every event stream ends."""
         for waiter in self._waiters:
             waiter.set()
 
     def close(self) -> None:
         self._closed = True
-        self._on_change(None)  # type: ignore[arg-type]
+        self._on_change(None)
 
     async def changes(self, heartbeat: float | None) -> AsyncIterator[None]:
         """Yields now, then after every change (or heartbeat), until the hub closes."""
@@ -82,6 +82,9 @@ class EventHub:
         key = secrets.token_urlsafe(12)
         self.subscriptions[key] = Subscription(stream, events, now)
         return key
+
+
+HUB = web.AppKey("events", EventHub)
 
 
 def stream_events_link(name: str) -> str:
@@ -117,7 +120,8 @@ async def subscribe(request: web.Request) -> web.Response:
     except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         wanted = None
     if not isinstance(wanted, list) or not all(isinstance(e, str) for e in wanted):
-        raise Problem(400, "bad-event-list", f'send a JSON array of event names, e.g. {json.dumps(list(STREAM_EVENTS))}')
+        raise Problem(400, "bad-event-list",
+                      f"send a JSON array of event names, e.g. {json.dumps(list(STREAM_EVENTS))}")
     events = tuple(e for e in wanted if e in STREAM_EVENTS) or STREAM_EVENTS
     key = request.app[HUB].subscribe(name, events)
     return web.Response(status=201, headers={"Location": f"/api/streams/{name}/events/{key}"})
@@ -128,7 +132,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     hub = request.app[HUB]
     subscription = hub.subscriptions.get(request.match_info["key"])
     if subscription is None or subscription.stream != name:
-        raise Problem(404, "unknown-event-stream", "this event stream does not exist or expired; POST again to subscribe")
+        raise Problem(404, "unknown-event-stream",
+                      "this event stream does not exist or expired; POST again to subscribe")
     response = await _open(request)
     last: dict[str, object] = {}
     try:

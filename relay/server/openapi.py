@@ -69,7 +69,8 @@ PARAMETERS: Doc = {
               "description": "The stream's token, for clients that cannot send Authorization",
               "schema": {"type": "string"}},
 }
-TOKEN = [{}, {"bearer": []}, {"query": []}]  # optional: only when a token is configured for the stream
+# Optional: only when a token is configured for the stream.
+TOKEN: list[dict[str, list[str]]] = [{}, {"bearer": []}, {"query": []}]
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait"}}
 
 

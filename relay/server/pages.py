@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay.server.endpoint import stream_name
 from relay.server.problems import Problem
@@ -15,7 +16,7 @@ WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 ASSET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
-def _page(name: str, named_stream: bool) -> web.RequestHandler:
+def _page(name: str, named_stream: bool) -> Handler:
     path = WEB_DIR / name
 
     async def handler(request: web.Request) -> web.FileResponse:
