@@ -28,6 +28,7 @@ class Viewer:
 
     def __init__(self, tracks: dict[str, ViewerTrack], on_end: Callable[[], None]) -> None:
         self.tracks = tracks
+        self.connected = False  # set by the stream when the viewer's ICE is up
         self._on_end = on_end
         for track in tracks.values():
             track.on("ended", on_end)
@@ -108,9 +109,14 @@ class ViewerTrack(MediaStreamTrack):
             self._join()
         frame = await self._queue.get()
         if self._replay:
-            delay = self._replay_start + self._replay.popleft() - time.monotonic()
+            offset = self._replay.popleft()
+            delay = self._replay_start + offset - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            # A frame sent late (a busy loop, a sleep that overran) moves the rest of the
+            # schedule: catching up would send the overdue frames back to back, in one loop
+            # iteration, at several times the replay bitrate, and overrun the viewer's socket.
+            self._replay_start = max(self._replay_start, time.monotonic() - offset)
         self.frames_sent += 1
         self.bytes_sent += frame.size
         return frame.packet
