@@ -30,6 +30,8 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     max_body_bytes: int = 64 * 1024
     body_timeout: float = 10.0
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
     shutdown_grace: float = 5.0
 
 
@@ -44,7 +46,7 @@ class IceServer:
 class IceConfig:
     servers: list[IceServer] = field(default_factory=list)
     host_addresses: list[str] = field(default_factory=list)
-    connect_timeout: float = 15.0
+    connect_timeout: float = 10.0
     consent_timeout: float = 10.0
 
 
@@ -61,6 +63,7 @@ class ForwardConfig:
     keyframe_min_interval: float = 0.5
     keyframe_retry_interval: float = 1.0
     gop_replay_bitrate: int = 20_000_000
+    takeover_idle: float = 2.0
 
 
 @dataclass
@@ -89,6 +92,7 @@ class AuthConfig:
     open_publish: bool = True
     publish_token: str | None = None
     view_token: str | None = None
+    metrics_token: str | None = None
     streams: dict[str, StreamAuthConfig] = field(default_factory=dict)
 
 
@@ -96,10 +100,13 @@ class AuthConfig:
 class LimitsConfig:
     max_streams: int = 100
     max_viewers_per_stream: int = 500
+    max_pending_per_address: int = 8
+    max_pending: int = 256
     max_candidates_per_patch: int = 64
     requests_per_second: float = 10.0
     request_burst: int = 30
     tracked_clients: int = 10000
+    max_connections_per_address: int = 64
 
 
 @dataclass
@@ -161,8 +168,9 @@ def _build(cls: Any, data: Any, prefix: str) -> Any:
 
 def validate(config: Config) -> None:
     """Raise ConfigError naming the first bad key; run again after command-line overrides."""
-    if config.server.body_timeout <= 0:
-        raise ConfigError("server.body_timeout: must be a positive number of seconds")
+    for key in ("body_timeout", "header_timeout", "keepalive_timeout"):
+        if getattr(config.server, key) <= 0:
+            raise ConfigError(f"server.{key}: must be a positive number of seconds")
     if not config.server.host:
         raise ConfigError("server.host: give an address to listen on (127.0.0.1, 0.0.0.0, ::)")
     if not 0 < config.server.port < 65536:
@@ -184,6 +192,8 @@ def validate(config: Config) -> None:
     for key in ("connect_timeout", "consent_timeout"):
         if getattr(config.ice, key) <= 0:
             raise ConfigError(f"ice.{key}: must be a positive number of seconds")
+    if config.forwarding.takeover_idle < 0:
+        raise ConfigError("forwarding.takeover_idle: 0 (only with the publish token) or a number of seconds")
     if config.forwarding.viewer_queue_frames < 2:
         raise ConfigError("forwarding.viewer_queue_frames: must be at least 2")
     _validate_recording(config.recording)
@@ -211,13 +221,17 @@ def _validate_auth(auth: AuthConfig) -> None:
             problem = token_problem(getattr(section, key))
             if problem:
                 raise ConfigError(f"{prefix}.{key}: {problem}")
+    problem = token_problem(auth.metrics_token)
+    if problem:
+        raise ConfigError(f"auth.metrics_token: {problem}")
     for name in auth.streams:
         if not valid_stream_name(name):
             raise ConfigError(f"auth.streams.{name}: not a stream name ({STREAM_NAME_RULE})")
 
 
 def _validate_limits(limits: LimitsConfig) -> None:
-    for key in ("max_streams", "max_viewers_per_stream", "max_candidates_per_patch", "requests_per_second"):
+    for key in ("max_streams", "max_viewers_per_stream", "max_pending_per_address", "max_pending",
+                "max_candidates_per_patch", "requests_per_second", "max_connections_per_address"):
         if getattr(limits, key) < 0:
             raise ConfigError(f"limits.{key}: 0 (no limit) or a positive number")
     if limits.requests_per_second and limits.request_burst < 1:

@@ -61,7 +61,9 @@ def parse_offer(text: str) -> Offer:
             continue
         if m.port == 0:
             continue
-        media.append(Media(m.kind, m.direction or "sendrecv", list(m.rtp.codecs)))
+        if not m.direction:  # RFC 3264 would mean sendrecv, but JSEP requires one, and aiortc fails without
+            raise SdpError(f"the {m.kind} m= section has no direction (a=sendonly, a=recvonly or a=sendrecv)")
+        media.append(Media(m.kind, m.direction, list(m.rtp.codecs)))
     if not media:
         raise SdpError("the SDP offer has no audio or video m= section")
     kinds = [m.kind for m in media]

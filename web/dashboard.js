@@ -4,7 +4,8 @@
  * and calling it from main().
  */
 import {
-  $, h, setStatus, watchStreams, formatBitrate, formatBytes, formatDuration, formatResolution, STREAM_NAME_RE,
+  $, h, setStatus, watchStreams, withToken, formatBitrate, formatBytes, formatDuration, formatResolution,
+  STREAM_NAME_RE,
 } from "/static/ui.js";
 import { RelayError } from "/static/relay-client.js";
 
@@ -54,7 +55,10 @@ function mountStreamsSection({ onMode, onRecordingChange }) {
     cells.audio.textContent = s.audio ? s.audio.codec : "—";
     cells.bitrate.textContent = s.live ? formatBitrate(s.bitrate_in) : "—";
     cells.uptime.textContent = uptime(s);
-    cells.recording.replaceChildren(s.recording ? h("span", { class: "pill", "data-state": "recording" }, "REC") : "—");
+    cells.recording.replaceChildren(s.recording ? h("span", { class: "pill", "data-state": "recording" }, "REC")
+      : s.recording_error ? h("span", { class: "pill", "data-state": "error", title: s.recording_error },
+        `recording failed: ${s.recording_error}`)
+      : "—");
     const record = cells.actions.querySelector("[data-action=record]");
     record.textContent = s.recording ? "Stop rec" : "Record";
     record.disabled = !s.live;
@@ -64,7 +68,7 @@ function mountStreamsSection({ onMode, onRecordingChange }) {
   let recordingState = "";
   const update = (streams) => {
     receivedAt = performance.now();
-    const state = streams.map((s) => `${s.name}:${s.recording}`).sort().join(",");
+    const state = streams.map((s) => `${s.name}:${s.recording}:${s.recording_error}`).sort().join(",");
     if (state !== recordingState) { recordingState = state; onRecordingChange(null); }
     const sorted = [...streams].sort((a, b) => Number(b.live) - Number(a.live) || a.name.localeCompare(b.name));
     const seen = new Set();
@@ -115,7 +119,7 @@ function mountRecordingsSection() {
 
   const row = (r) => {
     const play = h("button", { class: "btn btn-small btn-primary", type: "button" }, "Play");
-    play.onclick = () => { player.hidden = false; video.src = r.url; video.play().catch(() => {}); };
+    play.onclick = () => { player.hidden = false; video.src = withToken(r.url); video.play().catch(() => {}); };
     const remove = h("button", { class: "btn btn-small", type: "button", disabled: r.recording || null }, "Delete");
     remove.onclick = () => call("DELETE", r.url).then(() => refresh(), report);
     const codecs = [r.codecs?.video, r.codecs?.audio].filter(Boolean).join(" + ") || "—";
@@ -124,15 +128,16 @@ function mountRecordingsSection() {
       h("td", { "data-label": "Started" }, new Date(r.start).toLocaleString()),
       h("td", { "data-label": "Duration", class: "num" }, formatDuration(r.duration)),
       h("td", { "data-label": "Size", class: "num" }, formatBytes(r.size)),
-      h("td", { "data-label": "Codecs" }, r.recording ? h("span", { class: "pill", "data-state": "recording" }, "REC") : codecs),
+      h("td", { "data-label": "Codecs" }, r.recording ? h("span", { class: "pill", "data-state": "recording" }, "REC")
+        : r.error ? h("span", { class: "pill", "data-state": "error", title: r.error }, `failed: ${r.error}`) : codecs),
       h("td", { class: "actions-cell" }, h("div", { class: "actions" }, play,
-        h("a", { class: "btn btn-small", href: r.url, download: r.file }, "Download"), remove)));
+        h("a", { class: "btn btn-small", href: withToken(r.url), download: r.file }, "Download"), remove)));
   };
 
   const refresh = async (name = null, on = false) => {
     try {
       if (name) await call(on ? "POST" : "DELETE", `/api/streams/${encodeURIComponent(name)}/recording`);
-      const { recordings } = await call("GET", "/api/recordings");
+      const { recordings } = await call("GET", withToken("/api/recordings"));
       tbody.replaceChildren(...recordings.map(row));
       empty.hidden = recordings.length > 0;
       count.textContent = recordings.length ? `${recordings.length} file${recordings.length === 1 ? "" : "s"}` : "";

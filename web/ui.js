@@ -136,9 +136,21 @@ export function formatNumber(value, digits = 0, unit = "") {
   return value === null || value === undefined || !Number.isFinite(value) ? "—" : `${value.toFixed(digits)}${unit}`;
 }
 
+/** The page's own `?token=`: a view token (or the operator's auth.metrics_token) unlocks streams in the list. */
+const PAGE_TOKEN = new URLSearchParams(location.search).get("token") || "";
+
+/**
+ * @param {string} url
+ * @returns {string} `url` with the page's `?token=` added, if it has one
+ */
+export function withToken(url) {
+  return PAGE_TOKEN ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(PAGE_TOKEN)}` : url;
+}
+
 /**
  * Subscribe to the stream list: `GET /api/events` (event "streams"), falling back to polling
- * `GET /api/streams` every `pollInterval` ms while the event stream is down.
+ * `GET /api/streams` every `pollInterval` ms while the event stream is down. Both list only the
+ * streams the page's `?token=` may view (all streams without a view token).
  * @param {(streams: object[]) => void} onStreams called with the full list on every update
  * @param {{pollInterval?: number, onMode?: (mode: "events"|"polling"|"offline") => void}} [options]
  *   `onMode` reports how updates currently arrive ("offline": the last poll failed).
@@ -153,7 +165,7 @@ export function watchStreams(onStreams, { pollInterval = 5000, onMode } = {}) {
   const poll = async () => {
     pollTimer = setTimeout(poll, pollInterval);
     try {
-      const res = await fetch("/api/streams", { headers: { Accept: "application/json" } });
+      const res = await fetch(withToken("/api/streams"), { headers: { Accept: "application/json" } });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const body = await res.json();
       if (!stopped && pollTimer) { onStreams(body.streams || []); onMode?.("polling"); }
@@ -165,7 +177,7 @@ export function watchStreams(onStreams, { pollInterval = 5000, onMode } = {}) {
   const stopPolling = () => { clearTimeout(pollTimer); pollTimer = 0; };
 
   const open = () => {
-    source = new EventSource("/api/events");
+    source = new EventSource(withToken("/api/events"));
     source.addEventListener("streams", (ev) => {
       let body;
       try { body = JSON.parse(ev.data); } catch { return; }

@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from relay.cli.console import StatusLine, UsageError, add_client_options, client_options, interruptible, run, until
 from relay.cli.publish import positive
-from relay.client import ClientError, WhepClient, start_when_live
+from relay.client import ClientError, SessionError, WhepClient, start_when_live
 from relay.client.capture import Capture
 from relay.client.encoded import EncodedTrack
 from relay.client.testpattern import latency_ms, read_stamp
@@ -155,20 +155,62 @@ async def watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
     kinds = ("video",) if args.video_only else ("video", "audio")
     status = StatusLine()
     capture: Capture | None = None
-    consumers: list[asyncio.Task[None]] = []
-    ended_by = "stop"
-    client = await interruptible(stop, start_when_live(
-        lambda: WhepClient(args.url, kinds=kinds, encoded=True, **client_options(args)),
-        deadline=None if args.wait else time.monotonic(),
-        on_retry=lambda exc: status.show(f"waiting for {args.url}: {exc}"),
-    ))
-    figures = Figures("video" if "video" in client.encoded else "audio")
+    figures: Figures | None = None
+    ended_by, loss = "stop", 0.0
     try:
-        if args.record is not None:
+        while True:
+            deadline = None if args.wait else time.monotonic()
+            if args.wait and args.duration and figures is not None and figures.first is not None:
+                deadline = figures.first + args.duration  # waiting for a comeback counts too
             try:
-                capture = Capture(args.record, client.codecs.get("video"), "audio" in client.encoded)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+                client = await interruptible(stop, start_when_live(
+                    lambda: WhepClient(args.url, kinds=kinds, encoded=True, **client_options(args)),
+                    deadline=deadline,
+                    on_retry=lambda exc: status.show(f"waiting for {args.url}: {exc}"),
+                ))
+            except SessionError:
+                if figures is None or deadline is None or time.monotonic() < deadline:
+                    raise
+                ended_by = "duration"  # the stream did not come back in time
+                break
+            try:
+                if figures is None:
+                    figures = Figures("video" if "video" in client.encoded else "audio")
+                if args.record is not None and capture is None:
+                    try:
+                        capture = Capture(args.record, client.codecs.get("video"), "audio" in client.encoded)
+                    except ValueError as exc:
+                        raise UsageError(str(exc)) from None
+                elif capture is not None:
+                    if client.codecs.get("video") != capture.video_codec:
+                        raise ClientError(f"the stream came back as {client.codecs.get('video')} video; "
+                                          f"{capture.path} holds {capture.video_codec}")
+                    capture.resume()
+                ended_by = await _session(args, client, figures, capture, status, stop)
+                loss = await loss_percent(client)
+            finally:
+                status.done()
+                await client.close()
+            if ended_by != "the stream ended" or not args.wait:
+                break
+            status.say("relay watch: the stream ended; waiting for it to come back (--wait)")
+    finally:
+        status.done()
+        if capture is not None:
+            await asyncio.to_thread(capture.close)
+    if ended_by == "the stream ended":
+        status.say(f"relay watch: {ended_by}")
+    print(_summary(args.url, client, figures, loss, capture), flush=True)
+    if capture is not None and capture.error:
+        raise ClientError(capture.error)
+    return 0
+
+
+async def _session(args: argparse.Namespace, client: WhepClient, figures: Figures, capture: Capture | None,
+                   status: StatusLine, stop: asyncio.Event) -> str:
+    """Show one WHEP session's media until the stop, the duration, or the stream's end; say which."""
+    consumers: list[asyncio.Task[None]] = []
+    try:
         await interruptible(stop, client.wait_connected())
         status.say(f"watching {args.url}: " + ", ".join(f"{k} {c}" for k, c in client.codecs.items()))
         consumers = [asyncio.create_task(_consume(t, figures, capture)) for t in client.encoded.values()]
@@ -185,32 +227,18 @@ async def watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
             fps, kbps, latency = figures.live()
             status.show(_status(elapsed, figures, fps, kbps, latency, await loss_percent(client), capture))
             if stop.is_set():
-                break
+                return "stop"
             if media_ended.is_set() or client.ended.is_set():
-                if client.pc is not None and client.pc.connectionState == "failed":
+                if client.pc is not None and client.pc.connectionState == "failed" and not args.wait:
                     raise ClientError(f"the media connection to {args.url} failed")
-                ended_by = "the stream ended"
-                break
+                return "the stream ended"
             if figures.first is None and now - connected_at > args.timeout:
                 raise ClientError(f"no media arrived from {args.url} within {args.timeout:g} s")
             if args.duration and elapsed >= args.duration:
-                ended_by = "duration"
-                break
-        status.done()
-        loss = await loss_percent(client)
+                return "duration"
     finally:
-        status.done()
         for task in consumers:
             task.cancel()
-        await client.close()
-        if capture is not None:
-            await asyncio.to_thread(capture.close)
-    if ended_by == "the stream ended":
-        status.say(f"relay watch: {ended_by}")
-    print(_summary(args.url, client, figures, loss, capture), flush=True)
-    if capture is not None and capture.error:
-        raise ClientError(capture.error)
-    return 0
 
 
 def _summary(url: str, client: WhepClient, figures: Figures, loss: float, capture: Capture | None) -> str:

@@ -68,6 +68,16 @@ class Capture:
         if queued is Queued.FULL:
             self._waiting_keyframe = bool(self.video_codec)
 
+    def resume(self) -> None:
+        """The stream came back in a new session: its RTP clocks start afresh.
+
+        Each track is anchored again at its next frame's arrival, so the file
+        goes on where it stopped; video resumes on a keyframe.
+        """
+        if self._file is not None:
+            self._file.anchors.clear()
+        self._waiting_keyframe = bool(self.video_codec)
+
     def _open(self, kind: str, frame: EncodedFrame, now: float) -> bool:
         if self.video_codec and not (kind == "video" and frame.keyframe):
             return False  # audio before the first keyframe is dropped: the file starts on it

@@ -105,6 +105,8 @@ class Client:
 
     protocol = "WHIP"
     counter_offer_statuses: tuple[int, ...] = ()
+    # Refusals the POST is retried on when they carry Retry-After, within `timeout`.
+    retry_statuses: tuple[int, ...] = (429, 503)
 
     def __init__(
         self,
@@ -213,7 +215,6 @@ class Client:
             self.pc = self._new_peer_connection()
             self._prepare()
             await self.pc.setLocalDescription(await self.pc.createOffer())
-            self.posted_at = time.monotonic()
             reply = await self._post_offer(self.pc.localDescription.sdp)
             if reply.status in self.counter_offer_statuses:
                 await self._accept_counter_offer(reply.body)
@@ -240,7 +241,18 @@ class Client:
             raise
 
     async def _post(self, offer: str) -> Reply:
-        reply = await self._request("POST", self.url, offer, SDP, also_ok=self.counter_offer_statuses)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self.posted_at = time.monotonic()
+            try:
+                reply = await self._request("POST", self.url, offer, SDP, also_ok=self.counter_offer_statuses)
+                break
+            except SessionError as exc:
+                wait = exc.retry_after
+                if exc.status not in self.retry_statuses or wait is None or time.monotonic() + wait > deadline:
+                    raise
+                log.info("POST %s: %s; retrying after %g s (Retry-After)", self.url, exc, wait)
+                await asyncio.sleep(wait)
         location = reply.headers.get("Location")
         if reply.status in self.counter_offer_statuses and not self._counter_offer_ok(reply):
             raise problem_error(reply.status, reply.reason, reply.headers, reply.body)

@@ -28,7 +28,11 @@ class WhipClient(Client):
     (e.g. `MediaPlayer(path, decode=False)`) in that codec: they are only
     packetized, no encoder is ever created for them. `video_bitrate` (bps)
     caps the video encoder and `keyframe_interval` (s) forces regular keyframes.
+    `start()` returns once ICE and DTLS are up: only then is the stream live.
     """
+
+    # A 409 with Retry-After: the stream's publisher went silent and may be replaced then.
+    retry_statuses = (409, 429, 503)
 
     def __init__(
         self,
@@ -51,6 +55,14 @@ class WhipClient(Client):
         self._video_bitrate = video_bitrate
         self._keyframe_interval = keyframe_interval
         self.transceivers: dict[str, RTCRtpTransceiver] = {}
+
+    async def start(self) -> None:
+        await super().start()
+        try:
+            await self.wait_connected()
+        except BaseException:
+            await self.close()
+            raise
 
     def _prepare(self) -> None:
         assert self.pc is not None

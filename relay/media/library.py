@@ -3,7 +3,9 @@
 Files live at `{root}/{stream}/{UTC start}.{ext}`. Names are the only thing
 trusted: a name from outside is checked before it becomes a path, every
 resolved path must stay inside `root`, and files whose names are not
-recording names are neither listed nor deleted. Files being written
+recording names are neither listed nor deleted. Below `root` no symlink is
+followed: a link (to a file or a stream directory) is neither listed nor
+served, so a name cannot reach another stream's files. Files being written
 (`active`, from the recorders) are never deleted. Everything here blocks on
 the disk: call it off the event loop.
 """
@@ -13,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +94,7 @@ class Entry:
     size: int
     info: FileInfo
     recording: bool  # still being written
+    error: str | None = None  # why writing it failed, if it did while this server ran
 
 
 class RecordingError(Exception):
@@ -109,6 +113,14 @@ class RecordingActive(RecordingError):
     pass
 
 
+def _is(path: Path, kind: Callable[[int], bool]) -> bool:
+    """`path` itself (not what a symlink points to) exists and is of `kind` (stat.S_ISDIR, stat.S_ISREG)."""
+    try:
+        return kind(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 class Library:
     """The recording files under `root`: catalogue, deletion and retention."""
 
@@ -124,14 +136,17 @@ class Library:
         return resolved
 
     def file_path(self, stream: str, name: str) -> Path:
-        """The existing file `{stream}/{name}`; BadRecordingName or UnknownRecording otherwise."""
+        """The existing file `{stream}/{name}`; BadRecordingName or UnknownRecording otherwise.
+
+        Each component below the root is checked with lstat: a symlink (to the
+        file or to the stream's directory) is no recording.
+        """
         if not FILE_NAME.fullmatch(name):
             raise BadRecordingName(f"{name[:80]!r} is not a recording file name")
-        try:
-            path = self.inside(self.root / stream / name)
-        except ValueError:
-            raise BadRecordingName("that recording path leaves the recordings directory") from None
-        if not path.is_file():
+        if not valid_stream_name(stream):
+            raise BadRecordingName("that recording path leaves the recordings directory")
+        directory, path = self.root / stream, self.root / stream / name
+        if not (_is(directory, stat.S_ISDIR) and _is(path, stat.S_ISREG)):
             raise UnknownRecording(f"there is no recording {stream}/{name}")
         return path
 
@@ -140,7 +155,7 @@ class Library:
         files = []
         try:
             dirs = [entry for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing recorded yet, or `dir` is no directory
             return []
         for directory in dirs:
             if not valid_stream_name(directory.name) or (only and directory.name != only):

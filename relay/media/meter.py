@@ -13,10 +13,12 @@ class RateMeter:
         self._buckets: deque[list[int]] = deque(maxlen=window + 1)
         self._closed_total = 0
         self.count = 0
+        self.last_add: float | None = None  # time.monotonic() of the last add
 
     def add(self, nbytes: int) -> None:
         self.count += 1
-        second = int(time.monotonic())
+        self.last_add = now = time.monotonic()
+        second = int(now)
         if not self._buckets or self._buckets[-1][0] != second:
             if self._buckets:  # once a second, so /metrics costs nothing per packet
                 self._closed_total += self._buckets[-1][1]

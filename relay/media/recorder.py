@@ -6,6 +6,11 @@ resolution or codec changes, or a segment is due. Timing, queueing and muxing
 are its `MediaWriter`'s (`relay.media.writer`), one writer thread per
 recorder, so a slow disk never stalls forwarding; when that disk falls too far
 behind, the recorder drops frames up to the next keyframe and asks for one.
+
+When writing a file fails (a full disk, a read-only directory), the recorder
+stops feeding it and keeps the reason as `error` until a later file is
+written: the next segment tries again, or else the next publish (a new
+recorder). Forwarding never notices.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Recorder:
         directory: Path,
         segment_seconds: float = 0.0,
         on_file_done: Callable[[RecordingFile], None] | None = None,
+        on_error: Callable[[Recorder, Path, str | None], None] | None = None,
     ) -> None:
         self.stream = stream
         self.directory = directory
@@ -81,7 +87,11 @@ class Recorder:
         self.ended = False
         self.overflows = 0
         self.dropped = 0
+        self.error: str | None = None  # why the last file failed, until a later one is written
         self._on_file_done = on_file_done
+        # Called with a file and why writing it failed, or with None once a file works after a failure.
+        self._on_error = on_error
+        self._retry_at = 0.0  # after a failure, no new file before this (monotonic)
         self._inputs = [_Input(self, kind) for kind in ("video", "audio")]
         self._writer = MediaWriter(f"record-{stream.name}")
         self._segment_asked = -float("inf")
@@ -131,6 +141,12 @@ class Recorder:
         if self.ended:
             return
         now = time.monotonic()
+        outcomes = self._writer.outcomes
+        while outcomes:  # news from the writer thread, about once a file
+            self._heard(*outcomes.popleft(), now)
+        if self.error is not None and self.current is None and now < self._retry_at:
+            self.waiting_keyframe = False  # nothing to ask keyframes for until the retry
+            return
         video = self.stream.tracks.get("video")
         if kind == "video":
             if frame.keyframe and video is not None:
@@ -157,6 +173,32 @@ class Recorder:
             self.dropped += 1
         elif queued is Queued.FULL:
             self._overflow()
+
+    def _heard(self, path: Path, error: str | None, now: float) -> None:
+        """The writer wrote the first frame of `path` (`error` None) or failed to write it."""
+        current = self.current
+        if current is None or path != current.path:
+            if error is not None and self._on_error:
+                self._on_error(self, path, error)  # an earlier file's ending: the file being written is fine
+            return
+        if error is None:
+            if self.error is not None:
+                log.info("recording %r works again: %s", self.stream.name, path)
+                self.error = None
+                if self._on_error:
+                    self._on_error(self, path, None)
+            return
+        if self.error is None:
+            log.warning("recording %r failed (%s); %s", self.stream.name, error,
+                        "the next segment tries again" if self.segment_seconds else "the next publish tries again")
+        # Stop feeding a file the writer dropped: it is no longer growing.
+        self.error, self.current = error, None
+        self._writer.finish()
+        self.waiting_keyframe = False
+        # The next segment tries again; without segments, the next publish does (a new recorder).
+        self._retry_at = max(current.t0 + self.segment_seconds, now) if self.segment_seconds else float("inf")
+        if self._on_error:
+            self._on_error(self, path, error)
 
     def _wait_keyframe(self, reason: str) -> None:
         """Drop this frame; ask for a keyframe once, the stream's requester repeats it while we wait.

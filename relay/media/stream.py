@@ -36,9 +36,11 @@ PLI_CHECK_DELAY = 1.5
 
 
 class Publisher(Protocol):
-    """Whoever holds the stream: only its identity matters here (a stale stop() is ignored)."""
+    """Whoever holds the stream: a stale stop() is ignored, and a takeover closes it."""
 
     id: str
+
+    async def close(self, reason: str) -> None: ...
 
 
 class Stream:
@@ -48,7 +50,11 @@ class Stream:
         self._on_change = on_change
         self.fanouts = {"video": FanOut("video"), "audio": FanOut("audio")}
         self.tracks: dict[str, PublisherTap] = {}
+        # The publisher holds the stream from its POST, but the stream is live
+        # only once its ICE connects: a half-open session is never "live".
         self.publisher: Publisher | None = None
+        self._publisher_connected = False
+        self._claimed = 0.0
         self.viewers: set[Viewer] = set()
         self.since: datetime | None = None
         self.size: tuple[int, int] | None = None
@@ -56,7 +62,8 @@ class Stream:
         self.nacks_received = 0
         # Counts of publishers and viewers gone, so totals() never goes down.
         self._ended: Counter[str] = Counter()
-        self.recording = False
+        self.recording = False  # a file is being written
+        self.recording_error: str | None = None  # why recording this stream last failed, until it works again
         self.meter_in = RateMeter()
         self.meter_out = RateMeter()
         self._receivers: dict[str, RTCRtpReceiver] = {}
@@ -71,7 +78,16 @@ class Stream:
 
     @property
     def live(self) -> bool:
-        return self.publisher is not None
+        return self.publisher is not None and self._publisher_connected
+
+    @property
+    def watching(self) -> int:
+        """Viewers whose ICE connected: the ones that hold a seat and count everywhere."""
+        return sum(1 for viewer in self.viewers if viewer.connected)
+
+    def idle_for(self) -> float:
+        """Seconds the current publisher has sent no media (since it took the stream, if it never did)."""
+        return time.monotonic() - max(self._claimed, self.meter_in.last_add or 0.0)
 
     @property
     def packets_in(self) -> int:
@@ -97,8 +113,7 @@ class Stream:
         self._pli_check = asyncio.get_running_loop().call_later(
             PLI_CHECK_DELAY, self.request_keyframe, "check: does the publisher answer?")
         self.publisher = publisher
-        self.since = datetime.now(UTC)
-        self._started = time.monotonic()
+        self._claimed = time.monotonic()
         self._keyframes = KeyframeRequester(
             self._send_pli,
             self.fanouts["video"].any_waiting,
@@ -106,6 +121,14 @@ class Stream:
             self.config.keyframe_retry_interval,
         )
         self._on_change(self)
+
+    def publisher_connected(self, publisher: Publisher) -> None:
+        """The publisher's ICE is up: from now on the stream is live."""
+        if self.publisher is publisher and not self._publisher_connected:
+            self._publisher_connected = True
+            self.since = datetime.now(UTC)
+            self._started = time.monotonic()
+            self._on_change(self)
 
     def add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str, clock_rate: int) -> None:
         track = PublisherTap(kind, codec, clock_rate, self.fanouts[kind], (self.meter_in, self.meter_out),
@@ -133,6 +156,7 @@ class Stream:
             self._pli_check.cancel()
         self._pli_check, self._pli_pending, self._pli_answered = None, None, True
         self.publisher = None
+        self._publisher_connected = False
         self.tracks = {}
         self._receivers = {}
         self.size = None
@@ -165,10 +189,10 @@ class Stream:
             self._pli_pending = time.monotonic()
         return True
 
-    def set_recording(self, recording: bool) -> None:
+    def set_recording(self, recording: bool, error: str | None = None) -> None:
         """Set by the recordings manager, so the API and live updates show it."""
-        if recording != self.recording:
-            self.recording = recording
+        if (recording, error) != (self.recording, self.recording_error):
+            self.recording, self.recording_error = recording, error
             self._on_change(self)
 
     def subscribe(self, pc: RTCPeerConnection, kinds: Iterable[str], on_end: Callable[[], None]) -> Viewer:
@@ -186,6 +210,12 @@ class Stream:
         self.viewers.add(viewer)
         self._on_change(self)
         return viewer
+
+    def viewer_connected(self, viewer: Viewer) -> None:
+        """The viewer's ICE is up: it now holds a seat."""
+        if viewer in self.viewers and not viewer.connected:
+            viewer.connected = True
+            self._on_change(self)
 
     def unsubscribe(self, viewer: Viewer) -> None:
         """The viewer left: stop its tracks and keep what it was sent in the totals."""
@@ -221,8 +251,9 @@ class Stream:
             "audio": {"codec": audio.codec} if audio else None,
             "bitrate_in": self.meter_in.bps(),
             "bitrate_out": self.meter_out.bps(),
-            "viewers": len(self.viewers),
+            "viewers": self.watching,
             "recording": self.recording,
+            "recording_error": self.recording_error,
         }
 
 
@@ -258,7 +289,7 @@ class Streams:
         return iter(list(self._streams.values()))
 
     def _changed(self, stream: Stream) -> None:
-        if stream.live or stream.viewers:
+        if stream.publisher is not None or stream.viewers:
             self._offline_since.pop(stream.name, None)
         else:
             self._offline_since.setdefault(stream.name, time.monotonic())

@@ -19,6 +19,7 @@ import enum
 import logging
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -104,6 +105,10 @@ class MediaWriter:
         self.bytes_written = 0  # muxed, counted by the writer thread
         self.write_errors = 0
         self.error: str | None = None  # why the last failure happened
+        # The thread's word on each file, for the loop to take (popleft): (path,
+        # None) once bytes of it are on disk, (path, reason) when writing it
+        # failed; the reason names no path. The newest are kept if nobody reads.
+        self.outcomes: deque[tuple[Path, str | None]] = deque(maxlen=64)
         # Unbounded, so opening and closing files is never refused nor blocks
         # the loop; frames are bounded by max_queue in write().
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -172,6 +177,7 @@ class MediaWriter:
         container: av.container.OutputContainer | None = None
         streams: dict[str, av.stream.Stream] = {}
         path: Path | None = None
+        confirmed = False  # bytes of the open file reached the disk
         while True:
             item = self._queue.get()
             try:
@@ -184,8 +190,11 @@ class MediaWriter:
                         packet.is_keyframe = item.keyframe
                         container.mux(packet)
                         self.bytes_written += packet.size
+                        if not confirmed and path is not None and _size(path):  # a full disk fails a mux late
+                            confirmed = True
+                            self.outcomes.append((path, None))
                 elif isinstance(item, FileSpec):
-                    path = item.path
+                    path, confirmed = item.path, False
                     container, streams = open_container(item)
                 elif container is not None:  # _CLOSE or _EXIT
                     closing, container, streams = container, None, {}
@@ -195,12 +204,15 @@ class MediaWriter:
                 if container is not None:
                     _close_quietly(container)
                 container, streams = None, {}
+                _remove_if_empty(path)
             if item is _EXIT:
                 return
 
     def _failed(self, path: Path | None, exc: Exception) -> None:
         self.write_errors += 1
         self.error = f"writing {path} failed: {exc}"
+        if path is not None:
+            self.outcomes.append((path, getattr(exc, "strerror", None) or str(exc) or type(exc).__name__))
         expected = isinstance(exc, (av.FFmpegError, OSError))  # a disk or muxer fault, not a bug: no traceback
         log.error("%s; the rest of that file is lost", self.error, exc_info=not expected)
 
@@ -220,6 +232,22 @@ def open_container(spec: FileSpec) -> tuple[av.container.OutputContainer, dict[s
         _close_quietly(container)
         raise
     return container, streams
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _remove_if_empty(path: Path | None) -> None:
+    """A file that failed before its first byte holds nothing: do not leave one per retry."""
+    try:
+        if path is not None and path.stat().st_size == 0:
+            path.unlink()
+    except OSError:
+        pass
 
 
 def _close_quietly(container: av.container.OutputContainer) -> None:

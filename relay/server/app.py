@@ -13,6 +13,7 @@ from relay.media import aiortc_patch
 from relay.server import (
     api,
     auth,
+    connections,
     endpoint,
     events,
     health,
@@ -99,6 +100,7 @@ def create_app(config: Config) -> web.Application:
     )
     ctx = Context.create(config)
     app[CONTEXT] = ctx
+    connections.setup(app, config)  # header deadline, connections per address, keep-alive, quiet bad requests
     auth.setup(app, config.auth)
     add_protocol_routes(app)
     health.add_routes(app)

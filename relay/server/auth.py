@@ -4,6 +4,10 @@ A stream's token is its own override from `auth.streams`, else the default
 for all streams. The config may hold a token itself or `sha256:<hex>` of it,
 so the file need not hold a secret. Presented tokens are hashed and compared
 with `hmac.compare_digest`, so the time taken says nothing about the secret.
+
+A stream's metadata (its name in `/api/streams`, `/api/events` and the labels
+of `/metrics`) needs its view token too. `auth.metrics_token`, the operator's
+token, shows every stream's metadata and metrics (it is no view or publish token).
 """
 
 from __future__ import annotations
@@ -86,10 +90,35 @@ def refusal(request: web.Request, stream: str, role: str) -> Problem | None:
     if token is None:
         return _unauthorized(f"stream {stream!r} needs a {role} token: send 'Authorization: Bearer <token>' "
                              "or add ?token=<token> to the URL")
-    presented = token.encode("utf-8", "surrogatepass")  # headers with invalid UTF-8 arrive with surrogates
-    if not hmac.compare_digest(hashlib.sha256(presented).digest(), _digest(expected)):
+    if not _matches(token, expected):
         return _unauthorized(f"the token is not valid to {role} stream {stream!r}", "invalid_token")
     return None
+
+
+def _matches(token: str, configured: str) -> bool:
+    presented = token.encode("utf-8", "surrogatepass")  # headers with invalid UTF-8 arrive with surrogates
+    return hmac.compare_digest(hashlib.sha256(presented).digest(), _digest(configured))
+
+
+def is_operator(request: web.Request) -> bool:
+    """The request presents `auth.metrics_token`: it may see every stream's metadata and metrics."""
+    expected, token = request.app[AUTH].metrics_token, presented_token(request)
+    return expected is not None and token is not None and _matches(token, expected)
+
+
+def visible_streams(request: web.Request) -> Callable[[str], bool]:
+    """Whose metadata the request may see: the streams it may view, or all with the operator token."""
+    if is_operator(request):
+        return lambda stream: True
+    return lambda stream: refusal(request, stream, "view") is None
+
+
+def metrics_streams(request: web.Request) -> Callable[[str], bool]:
+    """Whose per-stream series /metrics shows: the streams without a view token, or all with the operator token."""
+    if is_operator(request):
+        return lambda stream: True
+    config = request.app[AUTH]
+    return lambda stream: required_token(config, stream, "view") is None
 
 
 def require(request: web.Request, stream: str, role: str) -> None:

@@ -13,10 +13,12 @@ import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from relay.media.stream import Stream, Streams
 from relay.server import auth
@@ -42,24 +44,26 @@ class EventHub:
     """Wakes every open event stream when any stream changes."""
 
     def __init__(self, streams: Streams) -> None:
-        self._waiters: set[asyncio.Event] = set()
+        self._waiters: dict[asyncio.Event, Callable[[str], bool] | None] = {}
         self._closed = False
         self.subscriptions: OrderedDict[str, Subscription] = OrderedDict()
         streams.listeners.append(self._on_change)
 
     def _on_change(self, stream: Stream | None) -> None:
         """`stream` changed; None when the hub closes, so every event stream ends."""
-        for waiter in self._waiters:
-            waiter.set()
+        for waiter, only in self._waiters.items():
+            if stream is None or only is None or only(stream.name):
+                waiter.set()
 
     def close(self) -> None:
         self._closed = True
         self._on_change(None)
 
-    async def changes(self, heartbeat: float | None) -> AsyncIterator[None]:
-        """Yields now, then after every change (or heartbeat), until the hub closes."""
+    async def changes(self, heartbeat: float | None,
+                      only: Callable[[str], bool] | None = None) -> AsyncIterator[None]:
+        """Yields now, then after every change (of a stream `only` admits) or heartbeat, until the hub closes."""
         waiter = asyncio.Event()
-        self._waiters.add(waiter)
+        self._waiters[waiter] = only
         try:
             while not self._closed:
                 yield
@@ -70,7 +74,7 @@ class EventHub:
                 waiter.clear()
                 await asyncio.sleep(0.1)  # coalesce bursts of changes
         finally:
-            self._waiters.discard(waiter)
+            self._waiters.pop(waiter, None)
 
     def subscribe(self, stream: str, events: tuple[str, ...]) -> str:
         now = time.monotonic()
@@ -102,11 +106,14 @@ async def _send(response: web.StreamResponse, event: str, data: object) -> None:
 
 
 async def all_streams(request: web.Request) -> web.StreamResponse:
+    """The streams this subscriber may view (decided by the token it opened with); others neither show nor wake it."""
     hub, streams = request.app[HUB], context(request).streams
+    visible = auth.visible_streams(request)
     response = await _open(request)
     try:
-        async for _ in hub.changes(HEARTBEAT):
-            await _send(response, "streams", {"streams": [s.describe() for s in sorted(streams, key=lambda s: s.name)]})
+        async for _ in hub.changes(HEARTBEAT, visible):
+            shown = sorted((s for s in streams if visible(s.name)), key=lambda s: s.name)
+            await _send(response, "streams", {"streams": [s.describe() for s in shown]})
     except ConnectionError:
         pass
     return response
@@ -115,10 +122,16 @@ async def all_streams(request: web.Request) -> web.StreamResponse:
 async def subscribe(request: web.Request) -> web.Response:
     """POST a JSON list of wanted events; 201 with the event stream's Location."""
     name = stream_name(request)
+    timeout = context(request).config.server.body_timeout
     try:
-        wanted = await request.json()
+        async with asyncio.timeout(timeout):
+            wanted = await request.json()
     except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         wanted = None
+    except TimeoutError:
+        raise Problem(408, "body-timeout", f"the body did not arrive within {timeout:g} s") from None
+    except (HttpProcessingError, RequestPayloadError) as exc:  # bad chunking or Content-Encoding
+        raise Problem(400, "bad-body", f"the body could not be read: {' '.join(str(exc).split())}") from None
     if not isinstance(wanted, list) or not all(isinstance(e, str) for e in wanted):
         raise Problem(400, "bad-event-list",
                       f"send a JSON array of event names, e.g. {json.dumps(list(STREAM_EVENTS))}")
@@ -139,7 +152,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     try:
         async for _ in hub.changes(None):
             stream = context(request).streams.get(name)
-            live, viewers = bool(stream and stream.live), len(stream.viewers) if stream else 0
+            live, viewers = bool(stream and stream.live), stream.watching if stream else 0
             if last.get("live") != live:
                 event = "active" if live else "inactive"
                 if event in subscription.events:

@@ -19,9 +19,11 @@ from relay.config import LimitsConfig
 from relay.media.stream import Stream, Streams
 from relay.sdp import Fragment
 from relay.server.problems import Problem
+from relay.server.session import Sessions
 
 RATE_LIMITED_METHODS = ("POST", "PATCH")
 FULL_RETRY_AFTER = 10
+PENDING_RETRY_AFTER = 2
 
 
 class RateLimiter:
@@ -77,21 +79,48 @@ def rate_limit_middleware(limits: LimitsConfig) -> Callable[..., Awaitable[web.S
     return middleware
 
 
+def admit_pending(sessions: Sessions, address: str, limits: LimitsConfig) -> None:
+    """503 when this address, or everyone, has too many sessions whose ICE has not connected yet.
+
+    A POST costs ports and a peer connection before the client proves anything
+    (RFC 9725 §5): pending sessions get their own, smaller budget, so they
+    cannot take the seats and stream names of peers that do connect.
+    """
+    mine, most = sessions.pending[address], limits.max_pending_per_address
+    if most and mine >= most:
+        raise Problem(503, "too-many-pending",
+                      f"{address} has {mine} sessions whose ICE has not connected yet; connect or DELETE them, "
+                      "or retry after the Retry-After delay", headers={"Retry-After": str(PENDING_RETRY_AFTER)})
+    if limits.max_pending and sessions.pending_total >= limits.max_pending:
+        raise Problem(503, "too-many-pending",
+                      f"this server has {sessions.pending_total} sessions still connecting; retry later",
+                      headers={"Retry-After": str(PENDING_RETRY_AFTER)})
+
+
+def streams_full(streams: Streams, limits: LimitsConfig) -> bool:
+    """Whether `limits.max_streams` streams are live (their publishers connected)."""
+    return bool(limits.max_streams) and sum(1 for stream in streams if stream.live) >= limits.max_streams
+
+
 def admit_stream(streams: Streams, limits: LimitsConfig) -> None:
-    """503 when `limits.max_streams` streams are live already (call before the stream starts)."""
-    most = limits.max_streams
-    if most and sum(1 for stream in streams if stream.live) >= most:
+    """503 when `limits.max_streams` streams are live already (checked again when the publisher connects)."""
+    if streams_full(streams, limits):
         raise Problem(503, "too-many-streams",
-                      f"this server carries at most {most} live streams; retry later or use another server",
+                      f"this server carries at most {limits.max_streams} live streams; "
+                      "retry later or use another server",
                       headers={"Retry-After": str(FULL_RETRY_AFTER)})
 
 
+def viewers_full(stream: Stream, limits: LimitsConfig) -> bool:
+    """Whether the stream's connected viewers fill `limits.max_viewers_per_stream`."""
+    return bool(limits.max_viewers_per_stream) and stream.watching >= limits.max_viewers_per_stream
+
+
 def admit_viewer(stream: Stream, limits: LimitsConfig) -> None:
-    """503 when the stream is full; call it just before `Stream.subscribe`, which counts the viewer at once."""
-    most = limits.max_viewers_per_stream
-    if most and len(stream.viewers) >= most:
+    """503 when the stream's seats are taken (checked again when the viewer connects)."""
+    if viewers_full(stream, limits):
         raise Problem(503, "stream-full",
-                      f"stream {stream.name!r} has its maximum of {most} viewers; retry later",
+                      f"stream {stream.name!r} has its maximum of {limits.max_viewers_per_stream} viewers; retry later",
                       headers={"Retry-After": str(FULL_RETRY_AFTER)})
 
 

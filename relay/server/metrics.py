@@ -4,12 +4,17 @@ Nothing is counted for metrics on the media path: a custom collector reads,
 at scrape time, the counters the streams, viewers and sessions keep anyway
 (`Streams.totals()`, `Sessions`). The only metric observed as it happens is
 the join time, once per session when it first connects.
+
+Per-stream series name the stream in a label, so they cover only streams
+without a view token, unless the scraper presents `auth.metrics_token`;
+totals over all streams name none and are always there.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
@@ -17,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from relay.server import auth
 from relay.server.context import CONTEXT, Context
 from relay.server.session import Session
 
@@ -35,6 +41,10 @@ COUNTERS = (
 )
 
 
+# The streams the scrape being encoded may name; set by the handler around the (synchronous) encoding.
+_NAMED: ContextVar[Callable[[str], bool] | None] = ContextVar("relay_metrics_named", default=None)
+
+
 class RelayCollector(Collector):
     """Reads the live state and the lifetime totals of one app at scrape time."""
 
@@ -50,8 +60,9 @@ class RelayCollector(Collector):
         yield GaugeMetricFamily("relay_publishers", "WHIP sessions", value=ctx.sessions.count("whip"))
         yield GaugeMetricFamily("relay_viewers", "WHEP sessions", value=ctx.sessions.count("whep"))
         per_stream = GaugeMetricFamily("relay_stream_viewers", "Viewers of each live stream", labels=["stream"])
-        for stream in live:
-            per_stream.add_metric([stream.name], len(stream.viewers))
+        named = _NAMED.get() or (lambda name: False)  # outside a scrape request, name none
+        for stream in (s for s in live if named(s.name)):
+            per_stream.add_metric([stream.name], stream.watching)
         yield per_stream
         states = Counter((s.kind, s.state) for s in ctx.sessions)
         by_state = GaugeMetricFamily("relay_sessions", "Sessions by protocol and connection state",
@@ -78,7 +89,12 @@ REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 async def metrics(request: web.Request) -> web.Response:
     """The text format, or OpenMetrics when the scraper's Accept asks for it."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return web.Response(body=encoder(request.app[REGISTRY]), headers={"Content-Type": content_type})
+    named = _NAMED.set(auth.metrics_streams(request))
+    try:
+        body = encoder(request.app[REGISTRY])
+    finally:
+        _NAMED.reset(named)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def setup(app: web.Application, recording_totals: Callable[[], Mapping[str, int]]) -> None:

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of every HTTP route, served at /api/openapi.json.
 
-tests/test_openapi.py compares it with the app's router: a route added
+tests/server/test_openapi.py compares it with the app's router: a route added
 without its entry here (or an entry whose route is gone) fails the suite.
 """
 
@@ -158,13 +158,17 @@ def document() -> Doc:
     paths: Doc = {
         **protocol("whip"),
         **protocol("whep"),
-        "/api/streams": get("Every stream Relay knows, live or recently offline", "listStreams", "Streams",
+        "/api/streams": get("Every stream Relay knows, live or recently offline, that the token may view "
+                            "(auth.metrics_token: all)", "listStreams", "Streams",
                             json_body({"type": "object", "properties": {"streams": {
-                                "type": "array", "items": ref("Stream")}}}, "The streams")),
-        "/api/streams/{stream}": {**stream_path, **get(
-            "One stream", "getStream", "Streams", json_body(ref("Stream"), "The stream"), 400, 404)},
-        "/api/events": get("The stream list whenever it changes (event `streams`), for dashboards", "streamEvents",
-                           "Events", sse),
+                                "type": "array", "items": ref("Stream")}}}, "The streams"),
+                            parameters=[common("token")], security=TOKEN),
+        "/api/streams/{stream}": {"parameters": [common("stream"), common("token")], **get(
+            "One stream (its view token or auth.metrics_token needed when it has one)", "getStream", "Streams",
+            json_body(ref("Stream"), "The stream"), 400, 401, 404, security=TOKEN)},
+        "/api/events": get("The list of streams the token may view whenever it changes (event `streams`), "
+                           "for dashboards", "streamEvents", "Events", sse,
+                           parameters=[common("token")], security=TOKEN),
         "/api/streams/{stream}/events": {**stream_path, "post": {
             "summary": "Subscribe to a stream's events (WHEP server-sent-events extension)",
             "operationId": "subscribe", "tags": ["Events"], "security": TOKEN,
@@ -205,7 +209,9 @@ def document() -> Doc:
         "/healthz": get("Alive", "healthz", "Operations", json_body({"type": "object"}, "Alive")),
         "/readyz": get("Taking new sessions (503 while shutting down)", "readyz", "Operations",
                        json_body({"type": "object"}, "Ready"), 503),
-        "/metrics": get("Prometheus metrics", "metrics", "Operations", text("text/plain", "Text exposition format")),
+        "/metrics": get("Prometheus metrics; per-stream series of streams with a view token only with "
+                        "auth.metrics_token", "metrics", "Operations", text("text/plain", "Text exposition format"),
+                        parameters=[common("token")], security=TOKEN),
         "/api/openapi.json": get("This document", "openapi", "Operations", json_body({"type": "object"}, "OpenAPI")),
         "/": page("dashboard", "dashboardPage", False),
         "/publish/{stream}": page("publish", "publishPage", True),
@@ -254,15 +260,20 @@ SCHEMAS: Doc = {
             "height": {"type": ["integer", "null"]}}},
         "audio": {"type": ["object", "null"], "properties": {"codec": {"type": "string"}}},
         "bitrate_in": {"type": "integer"}, "bitrate_out": {"type": "integer"},
-        "viewers": {"type": "integer"}, "recording": {"type": "boolean"}}},
+        "viewers": {"type": "integer"},
+        "recording": {"type": "boolean", "description": "A file is being written"},
+        "recording_error": {"type": ["string", "null"],
+                            "description": "Why recording last failed (e.g. a full disk), until a file works again"}}},
     "RecordingState": {"type": "object", "properties": {
         "stream": {"type": "string"}, "enabled": {"type": "boolean"}, "live": {"type": "boolean"},
-        "recording": {"type": "boolean"}, "file": {"type": ["string", "null"]}}},
+        "recording": {"type": "boolean"}, "error": {"type": ["string", "null"]},
+        "file": {"type": ["string", "null"]}}},
     "Recording": {"type": "object", "properties": {
         "stream": {"type": "string"}, "file": {"type": "string"}, "url": {"type": "string"},
         "media_type": {"type": "string"}, "start": {"type": "string", "format": "date-time"},
         "duration": {"type": ["number", "null"]}, "size": {"type": "integer"},
-        "codecs": {"type": "object"}, "recording": {"type": "boolean"}}},
+        "codecs": {"type": "object"}, "recording": {"type": "boolean"},
+        "error": {"type": ["string", "null"], "description": "Why writing this file failed (it is cut short)"}}},
 }
 
 DOCUMENT = web.AppKey("openapi", dict)

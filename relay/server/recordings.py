@@ -5,13 +5,19 @@ on (runtime switch, else its `recording.streams` entry, else
 `recording.enabled`) gets a `Recorder`; one that goes offline or is switched
 off loses it, and its file is finalised. The files themselves, and retention,
 are the `Library`'s; the manager tells it which files are still being written.
+
+A recorder whose file failed (a full disk, a read-only directory) stays on its
+stream to try again at the next segment, but the stream shows
+`recording: false` and the reason (`recording_error`) until a file works; the
+failed file is listed with that reason as its `error`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,7 @@ from relay.media.stream import Stream, Streams
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL = 60.0
+MAX_FAILED_FILES = 1000  # failed files whose reason the catalogue remembers
 
 
 class Recordings:
@@ -37,6 +44,7 @@ class Recordings:
         self._recorders: dict[str, Recorder] = {}
         self._finishing: set[Recorder] = set()
         self._retired: Counter[str] = Counter()  # counts of recorders already let go, for /metrics
+        self._failed: OrderedDict[tuple[str, str], str] = OrderedDict()  # (stream, file) -> why writing it failed
         self._accepting = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -64,7 +72,12 @@ class Recordings:
             recorder = None
         if recorder is None and wanted:
             recorder = self._new_recorder(stream)
-        stream.set_recording(recorder is not None)
+        if recorder is not None:
+            stream.set_recording(recorder.error is None, recorder.error)
+        elif not self.enabled(stream.name):
+            stream.set_recording(False)  # switched off: an old failure no longer matters
+        else:
+            stream.set_recording(False, stream.recording_error)  # offline: the last failure stays shown
 
     def _new_recorder(self, stream: Stream) -> Recorder | None:
         try:
@@ -72,7 +85,8 @@ class Recordings:
         except ValueError:
             log.error("stream name %r would leave %s: not recorded", stream.name, self.library.root)
             return None
-        recorder = Recorder(stream, self.library.root, self.config.segment_seconds, self._file_done)
+        recorder = Recorder(stream, self.library.root, self.config.segment_seconds, self._file_done,
+                            self._recorder_error)
         self._recorders[stream.name] = recorder
         recorder.start()
         return recorder
@@ -84,15 +98,27 @@ class Recordings:
         for done in [r for r in self._finishing if not r.writing]:
             self._let_go(done)
         self._finishing.add(recorder)
-        recorder.stream.set_recording(False)
+        recorder.stream.set_recording(False, recorder.error)
 
     def _file_done(self, file: RecordingFile) -> None:
         log.info("recording %s done: %.1f s", file.path, file.duration)
         self._wake.set()
 
+    def _recorder_error(self, recorder: Recorder, path: Path, error: str | None) -> None:
+        """A file failed (`error`), or one works after a failure: the catalogue and the stream show it."""
+        if error is not None:
+            self._failed[(recorder.stream.name, path.name)] = error
+            while len(self._failed) > MAX_FAILED_FILES:
+                self._failed.popitem(last=False)
+        if self._recorders.get(recorder.stream.name) is recorder:
+            recorder.stream.set_recording(recorder.error is None, recorder.error)
+
     def switch(self, name: str, on: bool) -> dict[str, Any]:
         """Runtime start/stop; it holds for this stream until switched again or restart."""
         self._overrides[name] = on
+        failed = self._recorders.get(name)
+        if on and failed is not None and failed.error is not None:
+            self._retire(failed)  # switching on again tries a new file now
         stream = self._streams.get(name)
         if stream is not None:
             self.on_stream(stream)
@@ -106,7 +132,8 @@ class Recordings:
             "stream": name,
             "enabled": self.enabled(name),
             "live": bool(stream and stream.live),
-            "recording": recorder is not None,
+            "recording": recorder is not None and recorder.error is None,
+            "error": recorder.error if recorder else None,
             "file": current.path.name if current else None,
         }
 
@@ -118,7 +145,10 @@ class Recordings:
                 for r in self._recorders.values() if r.current is not None}
 
     async def catalogue(self, only: str | None = None) -> list[Entry]:
-        return await asyncio.to_thread(self.library.catalogue, only, self._active())
+        """Newest first; a file whose writing failed carries the reason as its `error`."""
+        entries = await asyncio.to_thread(self.library.catalogue, only, self._active())
+        return [dataclasses.replace(e, error=self._failed[(e.stream, e.file)]) if (e.stream, e.file) in self._failed
+                else e for e in entries]
 
     def delete(self, stream: str, name: str) -> None:
         """Delete a finished file; RecordingError (from the library) says why not."""

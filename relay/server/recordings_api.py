@@ -58,6 +58,7 @@ def as_json(entry: Entry) -> dict[str, object]:
         "size": entry.size,
         "codecs": entry.info.codecs,
         "recording": entry.recording,
+        "error": entry.error,
     }
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -42,7 +42,7 @@ class OfferRejected(Exception):
 class Session:
     kind = "session"
 
-    def __init__(self, sessions: Sessions, stream_name: str, config: Config) -> None:
+    def __init__(self, sessions: Sessions, stream_name: str, config: Config, address: str) -> None:
         self.id = secrets.token_urlsafe(18)
         self.etag = f'"{secrets.token_hex(8)}"'
         self.stream_name = stream_name
@@ -50,7 +50,11 @@ class Session:
         self.created = time.monotonic()
         self.connected_at: float | None = None
         self.closed = False
+        self.address = address
+        self.config = config
         self._sessions = sessions
+        self._pending = True  # until ICE connects or the session ends (limits.admit_pending)
+        sessions.opened(self)
         self._connect_timeout = config.ice.connect_timeout
         self._tasks = Tasks()
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -80,13 +84,20 @@ class Session:
         state = self.pc.connectionState
         if state == "connected" and self.connected_at is None:
             self.connected_at = time.monotonic()
+            self._settle()
             self.on_connected()
             self._sessions.connected(self)
         if state in ("failed", "closed") and not self.closed:
             self.spawn(self.close(f"connection {state}"))
 
     def on_connected(self) -> None:
-        """Hook for subclasses."""
+        """Hook for subclasses: take a seat now that the peer proved itself."""
+
+    def _settle(self) -> None:
+        """No longer pending: connected, or gone."""
+        if self._pending:
+            self._pending = False
+            self._sessions.settled(self)
 
     async def negotiate(self, offer: Offer) -> str:
         """Set up what the session needs, apply `offer` and return the answer."""
@@ -147,6 +158,7 @@ class Session:
         self.closed = True
         log.info("%s session %s on %r closed: %s", self.kind, self.id, self.stream_name, reason)
         self._sessions.remove(self)
+        self._settle()
         self.on_close()
         self._tasks.cancel()
         await self.pc.close()
@@ -165,6 +177,19 @@ class Sessions:
         self._closed: OrderedDict[str, tuple[str, str]] = OrderedDict()
         # Told once per session when it first connects (metrics time the join).
         self.connected_listeners: list[Callable[[Session], None]] = []
+        # Sessions whose ICE has not connected yet, by client address and in all.
+        self.pending: Counter[str] = Counter()
+        self.pending_total = 0
+
+    def opened(self, session: Session) -> None:
+        self.pending[session.address] += 1
+        self.pending_total += 1
+
+    def settled(self, session: Session) -> None:
+        self.pending[session.address] -= 1
+        if not self.pending[session.address]:
+            del self.pending[session.address]
+        self.pending_total -= 1
 
     def add(self, session: Session) -> None:
         self._by_id[session.id] = session

@@ -21,8 +21,8 @@ RETRY_AFTER = 2
 class ViewerSession(Session):
     kind = "whep"
 
-    def __init__(self, sessions: Sessions, stream: Stream, config: Config) -> None:
-        super().__init__(sessions, stream.name, config)
+    def __init__(self, sessions: Sessions, stream: Stream, config: Config, address: str) -> None:
+        super().__init__(sessions, stream.name, config, address)
         self.stream = stream
         self.viewer: Viewer | None = None
 
@@ -30,6 +30,14 @@ class ViewerSession(Session):
         """Subscribe to the stream (sendonly senders, its codecs pinned), then answer."""
         self.viewer = self.stream.subscribe(self.pc, offer.kinds(), self._on_stream_ended)
         return await self.answer(offer.sdp)
+
+    def on_connected(self) -> None:
+        if self.viewer is None:
+            return
+        if limits.viewers_full(self.stream, self.config.limits):  # others connected first
+            self.spawn(self.close("the stream has its maximum of viewers"))
+        else:
+            self.stream.viewer_connected(self.viewer)
 
     def _on_stream_ended(self) -> None:
         if not self.closed:
@@ -65,8 +73,9 @@ async def post(request: web.Request) -> web.Response:
                       f"stream {name!r} has no live publisher; retry after {RETRY_AFTER} s",
                       headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name)})
     check_codecs(offer, stream)
+    limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)
     limits.admit_viewer(stream, ctx.config.limits)
-    session = ViewerSession(ctx.sessions, stream, ctx.config)
+    session = ViewerSession(ctx.sessions, stream, ctx.config, request.remote or "unknown")
     answer = await session.negotiate_or_close(offer)
     session.start()
     return created(session, answer, ctx.config, [stream_events_link(name)])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 from aiortc.mediastreams import MediaStreamTrack
 
 from relay.config import Config
 from relay.media.peer import transceiver_of, until_media_ends
-from relay.media.stream import Stream
+from relay.media.stream import Stream, Streams
 from relay.sdp import CLOCK_RATES, CODEC_HINT, CODEC_MIME, Offer, capabilities, choose_codec, offered_names
 from relay.server import limits
+from relay.server.auth import required_token
 from relay.server.context import context
 from relay.server.endpoint import created, read_offer, stream_name
 from relay.server.problems import Problem
@@ -19,8 +22,10 @@ from relay.server.session import Session, Sessions
 class PublisherSession(Session):
     kind = "whip"
 
-    def __init__(self, sessions: Sessions, stream: Stream, config: Config, codecs: dict[str, str]) -> None:
-        super().__init__(sessions, stream.name, config)
+    def __init__(self, sessions: Sessions, streams: Streams, stream: Stream, config: Config,
+                 codecs: dict[str, str], address: str) -> None:
+        super().__init__(sessions, stream.name, config, address)
+        self.streams = streams
         self.stream = stream
         self.codecs = codecs
 
@@ -43,8 +48,42 @@ class PublisherSession(Session):
         await until_media_ends(track)
         await self.close(f"publisher's {track.kind} ended")
 
+    def on_connected(self) -> None:
+        if limits.streams_full(self.streams, self.config.limits):  # others connected first
+            self.spawn(self.close("the server carries its maximum of live streams"))
+        else:
+            self.stream.publisher_connected(self)
+
     def on_close(self) -> None:
         self.stream.stop(self)
+
+
+# A publisher that sent nothing for this long may have crashed: its 409 says when to retry.
+# Live ones send a packet every 20-40 ms (audio frames, video at any frame rate).
+SILENT = 0.5
+
+
+async def take_over(stream: Stream, idle_limit: float, token_holder: bool) -> None:
+    """Close the stream's publisher for a new one, or 409 saying when that will be possible.
+
+    A crashed encoder or a half-open session would otherwise hold the name
+    until ICE consent fails; a publisher that still sends media keeps it.
+    """
+    publisher, idle = stream.publisher, stream.idle_for()
+    if publisher is None:
+        return
+    if token_holder or (idle_limit and idle >= idle_limit):
+        why = "it presented the publish token" if token_holder else f"the old one sent nothing for {idle:.1f} s"
+        await publisher.close(f"replaced by a new publisher: {why}")
+        if stream.publisher is None:
+            return
+    detail = f"stream {stream.name!r} already has a publisher; stop it (DELETE its session) or pick another name"
+    headers = {}
+    if idle_limit and idle >= SILENT and stream.publisher is publisher:
+        wait = max(1, math.ceil(idle_limit - idle))
+        detail += f"; if it has stopped sending, retry after {wait} s to replace it"
+        headers["Retry-After"] = str(wait)
+    raise Problem(409, "stream-live", detail, headers=headers)
 
 
 def choose_codecs(offer: Offer, config: Config) -> dict[str, str]:
@@ -65,12 +104,13 @@ async def post(request: web.Request) -> web.Response:
     name = stream_name(request)
     offer = await read_offer(request, PublisherSession.kind)
     codecs = choose_codecs(offer, ctx.config)
+    limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)
     limits.admit_stream(ctx.streams, ctx.config.limits)
     stream = ctx.streams.get_or_create(name)
-    if stream.live:
-        raise Problem(409, "stream-live",
-                      f"stream {name!r} already has a publisher; stop it (DELETE its session) or pick another name")
-    session = PublisherSession(ctx.sessions, stream, ctx.config, codecs)
+    if stream.publisher is not None:
+        token_holder = required_token(ctx.config.auth, name, "publish") is not None  # checked by auth already
+        await take_over(stream, ctx.config.forwarding.takeover_idle, token_holder)
+    session = PublisherSession(ctx.sessions, ctx.streams, stream, ctx.config, codecs, request.remote or "unknown")
     stream.start(session)
     answer = await session.negotiate_or_close(offer)
     session.start()
