@@ -1,6 +1,6 @@
 """`relay serve` with counters on every aiortc encoder and decoder.
 
-Run as a subprocess by test_no_transcoding.py: on exit it writes the counts
+Run as a subprocess by tests/server/test_no_transcoding.py: on exit it writes the counts
 to $RELAY_CODEC_COUNTS, so the test sees what the server process created.
 """
 

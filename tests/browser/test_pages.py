@@ -29,7 +29,7 @@ async def assert_playing(page: Any) -> None:
     await wait_js(page, "window.relayWatch && window.relayWatch.state === 'live'")
     await wait_js(page, "document.querySelector('#video').readyState >= 2")
     first, decoded = await video_pixels(page), await video_frames_decoded(page)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # measuring: a second of playback
     second, decoded_later = await video_pixels(page), await video_frames_decoded(page)
     assert first and second
     assert sum(second) / len(second) > 20, "the video is black"
@@ -86,17 +86,22 @@ async def test_publish_watch_twice_stop_and_resume(
         assert page_errors(page) == []
 
 
-async def test_dashboard_records_lists_and_plays_a_recording(new_page: Any, artifacts_dir: Path, tmp_path: Path) -> None:
+async def test_dashboard_records_lists_and_plays_a_recording(
+    new_page: Any, artifacts_dir: Path, tmp_path: Path
+) -> None:
     relay = await start_relay({"recording": {"dir": str(tmp_path / "rec")}})
     try:
-        async with WhipClient(relay.url("/whip/rec"), [TestPatternTrack(320, 240), ToneTrack()]):
+        video = TestPatternTrack(320, 240)
+        async with WhipClient(relay.url("/whip/rec"), [video, ToneTrack()]):
             dashboard = await new_page()
             await dashboard.goto(relay.url("/"))
             record = 'tr[data-stream="rec"] [data-action="record"]'
-            await wait_js(dashboard, f"document.querySelector('{record}') && !document.querySelector('{record}').disabled")
+            await wait_js(dashboard,
+                          f"document.querySelector('{record}') && !document.querySelector('{record}').disabled")
             await dashboard.click(record)
             await wait_js(dashboard, "document.querySelector('#recordings tr')")
-            await asyncio.sleep(3)
+            started = video.frames_sent
+            await relay.wait_until(lambda: video.frames_sent >= started + 3 * 30)  # three seconds recorded
             await dashboard.click(record)  # stop
             await wait_js(dashboard, f"document.querySelector('{record}').textContent === 'Record'")
         await wait_js(dashboard, "[...document.querySelectorAll('#recordings tr')].some("

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import subprocess
@@ -21,10 +20,7 @@ from relay.config import ConfigError, load_config
 from relay.names import hash_token
 from relay.server.auth import RedactingAccessLogger, required_token
 
-from .conftest import RunningRelay, free_port, merge
-from .test_http_errors import assert_problem, request
-from .test_limits import relay_with
-from .test_recording import finished
+from ..conftest import RunningRelay, assert_problem, finished, free_port, merge, recordings, relay_with, request
 
 PUBLISH, VIEW, STUDIO = "pub-secret", "view-secret", "studio-secret"
 SETTINGS = {"auth": {
@@ -215,7 +211,8 @@ async def test_recording_api_takes_the_stream_tokens(tmp_path: Path) -> None:
         assert response.status == 200
         async with WhipClient(running.url("/whip/cam"), [ToneTrack()], token=PUBLISH):
             await running.wait_until(lambda: any(tmp_path.glob("cam/*.webm")))
-            await asyncio.sleep(1)
+            recorder = recordings(running).recorder("cam")
+            await running.wait_until(lambda: recorder is not None and recorder.bytes_written > 1000)  # some audio
         await finished(running, "cam")
         response, body = await request("GET", running.url("/api/recordings?stream=cam"))
         assert_unauthorized(response, body, None)

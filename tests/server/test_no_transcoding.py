@@ -12,9 +12,9 @@ import pytest
 from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack, read_stamp
 
-from .conftest import spawn_relay
+from ..conftest import spawn_relay
 
-HERE = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]  # counting_server.py lives there
 
 
 async def watch_stamps(viewer: WhepClient, count: int) -> list[int]:
@@ -33,7 +33,7 @@ async def watch_stamps(viewer: WhepClient, count: int) -> list[int]:
 async def test_server_creates_no_encoder_or_decoder(tmp_path: Path, codec: str, viewers: int) -> None:
     counts_file = tmp_path / "counts.json"
     env = dict(os.environ, RELAY_CODEC_COUNTS=str(counts_file))
-    server = spawn_relay(tmp_path, script=[str(HERE / "counting_server.py")], env=env)
+    server = spawn_relay(tmp_path, script=[str(TESTS / "counting_server.py")], env=env)
     try:
         tracks = [TestPatternTrack(320, 240), ToneTrack()]
         async with WhipClient(server.url("/whip/x"), tracks, video_codec=codec):

@@ -11,7 +11,7 @@ from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
 from relay.media import aiortc_patch
 
-from .conftest import RunningRelay, start_relay
+from ..conftest import RunningRelay, start_relay
 
 WIDTH, HEIGHT = 320, 240
 
@@ -54,7 +54,8 @@ async def test_three_viewers_and_a_late_joiner_see_the_pattern(relay: RunningRel
                 assert max(gaps) <= 3, f"frames skipped: {gaps}"
             assert relay.ctx.streams.get("cam").tracks["video"].codec == codec
 
-            await asyncio.sleep(3)
+            seen = max(counters[-1] for counters in results)
+            await relay.wait_until(lambda: video.frames_sent >= seen + 90)  # three seconds later
             async with WhepClient(relay.url("/whep/cam")) as late:
                 loop = asyncio.get_running_loop()
                 joined = loop.time()
@@ -92,11 +93,12 @@ async def test_viewer_pli_reaches_the_publisher_rate_limited(relay: RunningRelay
             sent_before = stream.keyframe_requests
             for _ in range(5):  # a burst of PLIs becomes at most two requests upstream
                 await aiortc_patch.send_pli(receiver, ssrc)
-            await asyncio.sleep(0.6)  # the burst may be deferred by the 500 ms spacing
+            # the first request goes up at once, or at most the 500 ms spacing late
+            await relay.wait_until(lambda: stream.keyframe_reasons.get("viewer PLI/FIR") == 5
+                                   and stream.keyframe_requests > sent_before, timeout=0.6)
+            await asyncio.sleep(1.2)  # absence: no third request over two more 500 ms spacings
             assert stream.keyframe_reasons.get("viewer PLI/FIR") == 5
             assert 1 <= stream.keyframe_requests - sent_before <= 2
-            await asyncio.sleep(0.6)
-            assert stream.keyframe_requests - sent_before <= 2
 
 
 async def test_ice_servers_are_advertised_in_link_headers() -> None:
@@ -114,7 +116,8 @@ async def test_ice_servers_are_advertised_in_link_headers() -> None:
         async with aiohttp.ClientSession() as http:  # a plain OPTIONS tells them before the offer
             async with http.options(relay.url("/whip/l")) as response:
                 assert response.headers.getall("Link") == links
-            async with http.options(relay.url("/whip/l"), headers={"Access-Control-Request-Method": "POST"}) as response:
+            preflight = {"Access-Control-Request-Method": "POST"}
+            async with http.options(relay.url("/whip/l"), headers=preflight) as response:
                 assert "Link" not in response.headers  # never on a CORS preflight
         assert [(s.urls, s.username, s.credential) for s in servers] == [
             ("stun:stun.example.test:3478", None, None),

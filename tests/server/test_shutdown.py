@@ -12,12 +12,18 @@ import aiohttp
 from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import spawn_relay
-from .test_faults import wait_ended
-from .test_http_errors import assert_problem, make_offer, request
-from .test_lifecycle import assert_nothing_left, first_stamp
-from .test_limits import relay_with
-from .test_recording import analyse, files
+from ..conftest import (
+    analyse,
+    assert_nothing_left,
+    assert_problem,
+    files,
+    first_stamp,
+    make_offer,
+    relay_with,
+    request,
+    spawn_relay,
+    wait_ended,
+)
 
 EXIT_WITHIN = 5.0
 
@@ -37,7 +43,7 @@ async def test_sigterm_with_live_sessions_exits_in_time_and_tells_everyone(tmp_p
         async with aiohttp.ClientSession() as http:
             async with http.get(server.url("/api/events")) as dashboard:  # a long-lived response must not hold the exit
                 await dashboard.content.readline()
-                await asyncio.sleep(2)  # something to record
+                await asyncio.sleep(2)  # pacing: two seconds of media to record
                 signalled = time.monotonic()
                 server.process.send_signal(signal.SIGTERM)
                 code = await asyncio.to_thread(server.process.wait, EXIT_WITHIN + 5)
@@ -79,7 +85,7 @@ async def test_while_shutting_down_new_sessions_get_503_and_readyz_says_so() -> 
             assert response.status == 200, "still alive while draining"
             await shutting_down
             await relay.wait_until(lambda: pub.pc.connectionState == "closed", timeout=5)
-        assert_nothing_left(relay)
+        await assert_nothing_left(relay)
 
 
 async def test_a_request_stuck_in_flight_does_not_hold_the_exit(tmp_path: Path) -> None:
@@ -89,7 +95,9 @@ async def test_a_request_stuck_in_flight_does_not_hold_the_exit(tmp_path: Path) 
         writer.write(b"POST /whip/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
                      b"Content-Length: 5000\r\n\r\nv=0\r\n")  # the rest of the body never comes
         await writer.drain()
-        await asyncio.sleep(0.3)
+        # answered after it, on another connection: by then the server has taken the stuck request in
+        response, _ = await request("GET", server.url("/healthz"))
+        assert response.status == 200
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(server.process.wait, 10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -11,10 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import RunningRelay
-from .test_lifecycle import first_stamp
-from .test_limits import relay_with
-from .test_recording import finished
+from ..conftest import RunningRelay, finished, first_stamp, recordings, relay_with
 
 
 async def scrape(relay: RunningRelay) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -39,10 +35,14 @@ async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> Non
                 await viewer.start()
             for viewer in viewers:
                 await first_stamp(viewer)
-            await asyncio.sleep(1)
             stream = relay.ctx.streams.get("m")
+            # a second of video (30 fps) and audio (50 frames/s) to each viewer, and some of it recorded
+            await relay.wait_until(lambda: all(v.tracks["video"].frames_sent >= 30
+                                               and v.tracks["audio"].frames_sent >= 50 for v in stream.viewers)
+                                   and recordings(relay).recorder("m").bytes_written > 1000)
             packets_before = stream.packets_in
             frames_before = sum(v.frames_sent for v in stream.viewers)
+            recorded_before = recordings(relay).recorder("m").bytes_written
             live = await scrape(relay)
             assert value(live, "relay_streams_live") == 1
             assert value(live, "relay_publishers") == 1 and value(live, "relay_viewers") == 2
@@ -55,7 +55,7 @@ async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> Non
             assert value(live, "relay_bytes_in_total") > packets * 12
             frames = value(live, "relay_frames_out_total")
             assert frames_before <= frames <= sum(v.frames_sent for v in stream.viewers)
-            assert frames > 2 * 30, "two viewers, more than a second of video and audio"
+            assert frames >= 2 * (30 + 50), "two viewers, a second of video and audio each"
             assert value(live, "relay_bytes_out_total") > frames * 10
             # a joiner asks for a keyframe only when there is no GOP to replay: the count must be the server's
             assert value(live, "relay_keyframe_requests_total") == stream.keyframe_requests
@@ -63,7 +63,7 @@ async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> Non
             assert value(live, "relay_join_seconds_count", kind="whip") == 1
             assert 0 < value(live, "relay_join_seconds_sum", kind="whep") < 2 * 5
             assert value(live, "relay_join_seconds_bucket", kind="whep", le="15.0") == 2
-            assert value(live, "relay_recording_bytes_total") > 1000
+            assert value(live, "relay_recording_bytes_total") >= recorded_before > 1000
             assert value(live, "relay_recording_errors_total") == 0
             assert value(live, "process_resident_memory_bytes") > 10e6
 

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 
-from relay.client import SessionError, WhepClient, WhipClient
+from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import ToneTrack
 from relay.server.limits import RateLimiter
 
-from .conftest import RunningRelay, start_relay
-from .test_http_errors import assert_problem, make_offer, request
+from ..conftest import assert_problem, make_offer, relay_with, request
 
 SDP = {"Content-Type": "application/sdp"}
 FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
-
-
-@asynccontextmanager
-async def relay_with(settings: dict[str, Any] | None = None) -> AsyncIterator[RunningRelay]:
-    """An in-process Relay on custom settings, closed on the way out."""
-    running = await start_relay(settings)
-    try:
-        yield running
-    finally:
-        await running.server.close()
 
 
 class FakeClock:
@@ -106,19 +92,30 @@ async def test_max_streams() -> None:
 async def test_max_viewers_per_stream_holds_under_concurrent_joins() -> None:
     async with relay_with({"limits": {"max_viewers_per_stream": 2}}) as running:
         async with WhipClient(running.url("/whip/s"), [ToneTrack()]):
+            stream = running.ctx.streams.get("s")
+            assert stream is not None
             viewers = [WhepClient(running.url("/whep/s"), kinds=("audio",)) for _ in range(4)]
-            results = await asyncio.gather(*(v.start() for v in viewers), return_exceptions=True)
-            refused = [r for r in results if isinstance(r, SessionError)]
-            assert len(refused) == 2 and all(r.status == 503 and r.retry_after for r in refused), results
-            assert "maximum of 2 viewers" in refused[0].detail
-            assert running.ctx.sessions.count("whep") == 2
-            joined = [v for v, r in zip(viewers, results) if r is None]
-            await joined[0].close()
-            await running.wait_until(lambda: running.ctx.sessions.count("whep") == 1)
-            again = WhepClient(running.url("/whep/s"), kinds=("audio",))
-            await again.start()  # a seat was freed
-            await again.close()
-            await joined[1].close()
+            try:
+                # Seats are taken when ICE connects, not at the POST: all four are answered,
+                # and the two that connect after the seats are gone are closed by the server.
+                results = await asyncio.gather(*(v.start() for v in viewers), return_exceptions=True)
+                assert results == [None] * 4, results
+                await running.wait_until(lambda: sum(v.ended.is_set() for v in viewers) == 2, timeout=15)
+                assert stream.watching == 2 and running.ctx.sessions.count("whep") == 2
+                response, body = await request("POST", running.url("/whep/s"),
+                                               await make_offer("recvonly", kinds=("audio",)), **SDP)
+                assert_problem(response, body, 503, "maximum of 2 viewers")
+                assert int(response.headers["Retry-After"]) > 0
+                joined = [v for v in viewers if not v.ended.is_set()]
+                await joined[0].close()
+                await running.wait_until(lambda: running.ctx.sessions.count("whep") == 1)
+                again = WhepClient(running.url("/whep/s"), kinds=("audio",))
+                await again.start()  # a seat was freed
+                await again.wait_connected()
+                await running.wait_until(lambda: stream.watching == 2)
+                await again.close()
+            finally:
+                await asyncio.gather(*(v.close() for v in viewers))
 
 
 async def test_max_candidates_per_patch() -> None:

@@ -6,12 +6,9 @@ import asyncio
 import itertools
 import os
 import signal
-import threading
 import time
-from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -20,76 +17,11 @@ import pytest
 from yarl import URL
 
 from relay.client import WhipClient
-from relay.client.testpattern import TestPatternTrack, ToneTrack, read_stamp
-from relay.media import writer
-from relay.media.fanout import FanOut, MediaFrame
-from relay.media.recorder import Recorder
-from relay.media.writer import FileSpec, MediaWriter, OutputFile, Queued
-from relay.server.recordings import Recordings
-from relay.server.recordings_api import RECORDINGS
+from relay.client.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import RunningRelay, spawn_relay, start_relay
+from ..conftest import FPS, RunningRelay, analyse, files, finished, poll_until, recordings, spawn_relay, start_relay
 
-FPS = 30
 EXTENSION = {"VP8": ".webm", "H264": ".mp4"}
-
-
-@dataclass
-class Recorded:
-    """What one file holds, by demuxing (and, in the test only, decoding) it."""
-
-    codecs: dict[str, str]
-    size: tuple[int, int]
-    video: list[float] = field(default_factory=list)  # packet times, s
-    audio: list[float] = field(default_factory=list)
-    first_is_keyframe: bool = False
-    counters: list[int | None] = field(default_factory=list)
-    header_duration: float | None = None
-
-    @property
-    def duration(self) -> float:
-        return self.video[-1] - self.video[0] + 1 / FPS
-
-    def assert_continuous(self) -> None:
-        assert None not in self.counters, "a recorded frame has no readable stamp"
-        first = self.counters[0]
-        assert self.counters == list(range(first, first + len(self.counters))), "frames missing or repeated"
-
-
-def analyse(path: Path) -> Recorded:
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        recorded = Recorded(
-            {s.type: s.codec_context.name for s in container.streams},
-            (video.codec_context.width, video.codec_context.height),
-            header_duration=container.duration / 1e6 if container.duration else None,
-        )
-        for packet in container.demux():
-            if packet.stream.type == "video":
-                if packet.size and not recorded.video:
-                    recorded.first_is_keyframe = packet.is_keyframe
-                if packet.size:
-                    recorded.video.append(float(packet.pts * packet.time_base))
-                for frame in packet.decode():
-                    stamp = read_stamp(frame)
-                    recorded.counters.append(stamp.counter if stamp else None)
-            elif packet.size:
-                recorded.audio.append(float(packet.pts * packet.time_base))
-    return recorded
-
-
-def files(root: Path, stream: str) -> list[Path]:
-    return sorted((root / stream).iterdir()) if (root / stream).exists() else []
-
-
-def manager(relay: RunningRelay) -> Recordings:
-    return relay.server.app[RECORDINGS]
-
-
-async def finished(relay: RunningRelay, stream: str) -> None:
-    """The publisher left: wait until its recorder is gone and its files are closed."""
-    await relay.wait_until(lambda: manager(relay).recorder(stream) is None)
-    assert await manager(relay).wait_finished(10)
 
 
 async def recording_relay(tmp_path: Path, **settings: Any) -> RunningRelay:
@@ -111,7 +43,7 @@ async def test_recording_holds_exactly_what_was_published(tmp_path: Path, codec:
             await relay.wait_until(lambda: video.frames_sent >= 1)
             described = await get_json(relay.url("/api/streams/cam"))
             assert described["recording"] is True
-            await asyncio.sleep(6)
+            await relay.wait_until(lambda: video.frames_sent >= 6 * FPS)  # six seconds of it
         published = video.frames_sent
         await finished(relay, "cam")
         (path,) = files(tmp_path / "rec", "cam")
@@ -156,13 +88,14 @@ async def test_runtime_start_stop_download_and_delete(tmp_path: Path) -> None:
                     assert response.status == 200
                     assert (await response.json())["recording"] is True
                 started = video.frames_sent
-                await asyncio.sleep(2)
+                await relay.wait_until(lambda: video.frames_sent >= started + 2 * FPS)  # two seconds recorded
                 async with http.delete(relay.url("/api/streams/live/recording")) as response:
                     assert (await response.json())["recording"] is False
                 stopped = video.frames_sent
-                assert await manager(relay).wait_finished(10)
+                assert await recordings(relay).wait_finished(10)
                 assert (await get_json(relay.url("/api/streams/live")))["recording"] is False
-                await asyncio.sleep(0.5)
+                # publishing goes on after the stop: no second file may start
+                await relay.wait_until(lambda: video.frames_sent >= stopped + FPS // 2)
             (path,) = files(root, "live")
             recorded = analyse(path)
             assert recorded.first_is_keyframe
@@ -252,7 +185,7 @@ async def test_bad_names_are_refused_and_nothing_is_written_outside(tmp_path: Pa
                     assert 400 <= response.status < 500, (method, path, response.status)
                     assert response.content_type == "application/problem+json"
         with pytest.raises(ValueError):
-            manager(relay).library.inside(tmp_path / "rec" / ".." / "x")
+            recordings(relay).library.inside(tmp_path / "rec" / ".." / "x")
         # A publisher that does get through still writes only inside the directory.
         video = TestPatternTrack(320, 240, FPS)
         async with WhipClient(relay.url("/whip/x"), [video]):
@@ -278,7 +211,7 @@ async def test_retention_by_age_and_size_keeps_the_newest(tmp_path: Path) -> Non
     relay = await recording_relay(tmp_path, max_age_hours=1, max_total_mb=0.25)
     try:
         await relay.wait_until(lambda: len(list(root.iterdir())) == 3)  # the sweep at start
-        assert await manager(relay).sweep() == []
+        assert await recordings(relay).sweep() == []
         listed = (await get_json(relay.url("/api/recordings?stream=cam")))["recordings"]
     finally:
         await relay.server.close()
@@ -288,16 +221,14 @@ async def test_retention_by_age_and_size_keeps_the_newest(tmp_path: Path) -> Non
     assert all(e["duration"] is None and e["codecs"] == {} for e in listed), "unreadable files are listed as such"
 
 
-async def publish_to_process(url: str, seconds: float, codec: str, stop: Any) -> int:
-    """Publish for `seconds`, then call `stop()` while still publishing; frames sent by then."""
+async def publish_to_process(url: str, seconds: float, codec: str, stop: Callable[[], int]) -> tuple[int, int]:
+    """Publish for `seconds`, then call `stop()` while still publishing; frames sent by then, the exit code."""
     video = TestPatternTrack(320, 240, FPS)
     async with WhipClient(url, [video, ToneTrack()], video_codec=codec):
-        async with asyncio.timeout(20):
-            while video.frames_sent < seconds * FPS:
-                await asyncio.sleep(0.05)
+        await poll_until(lambda: video.frames_sent >= seconds * FPS, timeout=20)
         sent = video.frames_sent
-        assert await asyncio.to_thread(stop) is not None
-    return sent
+        code = await asyncio.to_thread(stop)
+    return sent, code
 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
@@ -305,7 +236,8 @@ async def test_a_killed_server_leaves_a_playable_file(tmp_path: Path, codec: str
     root = tmp_path / "rec"
     server = spawn_relay(tmp_path, {"recording": {"enabled": True, "dir": str(root)}})
     try:
-        await publish_to_process(server.url("/whip/cam"), 6, codec, lambda: server.stop(signal.SIGKILL))
+        _, code = await publish_to_process(server.url("/whip/cam"), 6, codec, lambda: server.stop(signal.SIGKILL))
+        assert code == -signal.SIGKILL
     finally:
         server.stop(signal.SIGKILL)
     (path,) = files(root, "cam")
@@ -319,8 +251,8 @@ async def test_sigterm_finalises_the_file(tmp_path: Path) -> None:
     root = tmp_path / "rec"
     server = spawn_relay(tmp_path, script=["-m", "relay", "serve", "--record", "--recordings-dir", str(root)])
     try:
-        sent = await publish_to_process(server.url("/whip/cam"), 3, "VP8", lambda: server.stop(signal.SIGTERM))
-        assert server.process.returncode == 0
+        sent, code = await publish_to_process(server.url("/whip/cam"), 3, "VP8", lambda: server.stop(signal.SIGTERM))
+        assert code == server.process.returncode == 0
     finally:
         server.stop(signal.SIGKILL)
     (path,) = files(root, "cam")
@@ -348,78 +280,3 @@ async def test_an_audio_only_stream_is_recorded_to_webm(tmp_path: Path) -> None:
         packets = [p for p in container.demux() if p.size]
     assert sent - 5 <= len(packets) <= sent
     assert float(packets[0].pts * packets[0].time_base) < 0.1
-
-
-def vp8_frame(n: int, keyframe: bool) -> MediaFrame:
-    """A stand-in VP8 frame: a real keyframe header (320x240), filler after it."""
-    data = (b"\x00\x00\x00\x9d\x01\x2a" + (320).to_bytes(2, "little") + (240).to_bytes(2, "little")
-            if keyframe else b"\x01") + bytes(200)
-    packet = av.Packet(data)
-    packet.pts = packet.dts = n * 3000
-    packet.time_base = Fraction(1, 90000)
-    return MediaFrame(packet, keyframe, len(data))
-
-
-async def test_a_full_writer_queue_drops_to_the_next_keyframe(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    entered, gate = threading.Event(), threading.Event()
-    real_open = writer.open_container
-    monkeypatch.setattr(writer, "open_container", lambda spec: (entered.set(), gate.wait(10), real_open(spec))[2])
-    requests: list[str] = []
-    stream = SimpleNamespace(name="cam", tracks={"video": SimpleNamespace(codec="VP8")},
-                             fanouts={"video": FanOut("video"), "audio": FanOut("audio")},
-                             request_keyframe=requests.append)
-    recorder = Recorder(stream, tmp_path)  # type: ignore[arg-type]
-    recorder.start()
-    stream.fanouts["video"].push(vp8_frame(0, True))
-    assert await asyncio.to_thread(entered.wait, 10)
-    for n in range(1, writer.MAX_QUEUE + 10):  # the disk is stuck: the queue fills up
-        stream.fanouts["video"].push(vp8_frame(n, False))
-    assert recorder.overflows == 1 and recorder.waiting_keyframe
-    assert requests == ["recorder queue overflow"]
-    assert stream.fanouts["video"].any_waiting(), "the stream's requester must keep asking"
-    gate.set()
-    async with asyncio.timeout(10):
-        while recorder.backlog:
-            await asyncio.sleep(0.01)
-    n = writer.MAX_QUEUE + 10
-    stream.fanouts["video"].push(vp8_frame(n, False))  # still waiting: dropped
-    for k in range(1, 4):
-        stream.fanouts["video"].push(vp8_frame(n + k, k == 1))
-    assert not recorder.waiting_keyframe and recorder.overflows == 1
-    recorder.stop()
-    assert await asyncio.to_thread(recorder.join, 10)
-    (path,) = files(tmp_path, "cam")
-    with av.open(str(path)) as container:
-        packets = [p for p in container.demux() if p.size]
-    written = writer.MAX_QUEUE  # the writer took the file's opening off the queue, then stuck
-    assert len(packets) == written + 3
-    assert [p.is_keyframe for p in packets[written - 1:written + 2]] == [False, True, False]
-    assert packets[0].is_keyframe
-
-
-def test_the_writer_anchors_on_arrival_keeps_tracks_monotonic_and_survives_a_bad_file(tmp_path: Path) -> None:
-    tb = Fraction(1, 90000)
-    media = MediaWriter("test-writer")
-    blocked = tmp_path / "not-a-dir"
-    blocked.write_text("")
-    media.open(OutputFile(FileSpec(blocked / "lost.webm", "webm", "VP8", (320, 240), False), 0.0))
-    assert media.write("video", vp8_frame(0, True).packet, 0, tb, True, 0.0) is Queued.YES
-    good = OutputFile(FileSpec(tmp_path / "good.webm", "webm", "VP8", (320, 240), False), 100.0)
-    media.open(good)
-    rtp = 7_000_000  # any RTP start: the first frame, 0.5 s after the file's start, is anchored at 0.5 s
-    for n in range(30):
-        frame = vp8_frame(n, n == 0)
-        assert media.write("video", frame.packet, rtp + n * 3000, tb, n == 0, 100.5 + n / 30) is Queued.YES
-    assert media.write("video", vp8_frame(30, False).packet, rtp + 29 * 3000, tb, False, 101.5) is Queued.STALE
-    media.stop()
-    assert media.join(10)
-    assert media.write_errors == 1 and media.error is not None and "lost.webm" in media.error
-    assert abs(good.duration - (0.5 + 29 / 30)) < 1e-3
-    with av.open(str(good.path)) as container:
-        assert [s.codec_context.name for s in container.streams] == ["vp8"]
-        packets = [p for p in container.demux() if p.size]
-    assert len(packets) == 30 and packets[0].is_keyframe
-    times = [float(p.pts * p.time_base) for p in packets]
-    assert abs(times[0] - 0.5) < 0.002 and abs(times[-1] - (0.5 + 29 / 30)) < 0.002, times
-    assert media.bytes_written == sum(p.size for p in packets)

@@ -10,8 +10,7 @@ import aiohttp
 from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack
 
-from .conftest import RunningRelay, start_relay
-from .test_http_errors import make_offer
+from ..conftest import RunningRelay, make_offer, start_relay
 
 
 async def next_event(response: aiohttp.ClientResponse) -> tuple[str, dict]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from relay.media.assembler import EncodedFrame, Unwrapper, VideoAssembler
 from relay.media.keyframes import KeyframeRequester
 
+from ..conftest import poll_until
+
 
 @dataclass
 class Pkt:
@@ -67,7 +69,7 @@ def test_a_hole_waits_then_skips_to_the_next_frame_and_reports_loss() -> None:
     for packet in stream[2]:
         assembler.add(packet)
     assert len(frames) == 1 and not losses  # waiting for a retransmission
-    time.sleep(0.06)
+    time.sleep(0.06)  # the point: longer than hole_wait, no retransmission came
     for packet in stream[3]:
         assembler.add(packet)
     assert losses == [1]
@@ -97,17 +99,17 @@ async def test_keyframe_requests_are_spaced_deferred_and_retried() -> None:
     try:
         start = time.monotonic()
         requester.request("a")
-        await asyncio.sleep(0.01)
+        await poll_until(lambda: len(sent) == 1, timeout=0.05)
         requester.request("b")  # too soon: deferred, not dropped
         requester.request("c")  # merged with b
-        await asyncio.sleep(0.25)
+        await poll_until(lambda: len(sent) >= 2, timeout=0.5)
         assert len(sent) == 2
-        assert sent[1] - sent[0] >= 0.19
-        await asyncio.sleep(0.4)  # a viewer still waits: retried
-        assert len(sent) >= 3
+        assert 0.19 <= sent[1] - sent[0] < 0.3, "deferred to the spacing, no later"
+        await poll_until(lambda: len(sent) >= 3, timeout=1)  # a viewer still waits: retried
+        assert 0.29 <= sent[2] - sent[1] < 0.45, "retried after retry_interval"
         waiting = False
         count = len(sent)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # absence: longer than the retry interval
         assert len(sent) == count  # nobody waits: no more requests
         assert sent[0] - start < 0.05
     finally:
@@ -140,21 +142,21 @@ def test_h264_mid_stream_join_starts_at_a_known_frame_boundary() -> None:
 
 async def test_a_request_that_cannot_be_sent_stays_pending_without_spacing() -> None:
     ready = False
+    tries: list[float] = []
     sent: list[float] = []
 
     async def send() -> bool:
-        if ready:
-            sent.append(time.monotonic())
+        (sent if ready else tries).append(time.monotonic())
         return ready
 
     requester = KeyframeRequester(send, lambda: False, min_interval=0.5, retry_interval=5)
     try:
         requester.request("viewer joined")
-        await asyncio.sleep(0.2)
-        assert sent == []
+        await poll_until(lambda: len(tries) >= 3, timeout=1)  # tried, and tried again: still pending
+        assert sent == [] and requester.sent == 0
         ready = True  # the publisher's first video packet arrived
         start = time.monotonic()
-        await asyncio.sleep(0.15)
-        assert len(sent) == 1 and sent[0] - start < 0.1
+        await poll_until(lambda: len(sent) >= 1, timeout=0.5)
+        assert len(sent) == 1 and sent[0] - start < 0.1, "the unsent tries must not have started the spacing"
     finally:
         requester.close()

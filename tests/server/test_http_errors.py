@@ -4,45 +4,11 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from aiortc import RTCPeerConnection, RTCRtpSender
 
 from relay.client import WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
-from .conftest import RunningRelay, start_relay
-
-
-async def make_offer(direction: str = "sendonly", video_codec: str | None = None, kinds=("video", "audio")) -> str:
-    pc = RTCPeerConnection()
-    try:
-        for kind in kinds:
-            transceiver = pc.addTransceiver(kind, direction=direction)
-            if kind == "video" and video_codec:
-                transceiver.setCodecPreferences(
-                    [c for c in RTCRtpSender.getCapabilities("video").codecs
-                     if c.mimeType.lower() in (video_codec.lower(), "video/rtx")]
-                )
-        await pc.setLocalDescription(await pc.createOffer())
-        return pc.localDescription.sdp
-    finally:
-        await pc.close()
-
-
-async def request(method: str, url: str, body: str | bytes | None = None, **headers: str) -> tuple[aiohttp.ClientResponse, dict | str]:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, url, data=body, headers=headers) as response:
-            if response.content_type == "application/problem+json":
-                return response, await response.json(content_type=None)
-            return response, await response.text()
-
-
-def assert_problem(response: aiohttp.ClientResponse, body: object, status: int, *words: str) -> None:
-    assert response.status == status, body
-    assert response.content_type == "application/problem+json"
-    assert isinstance(body, dict)
-    assert body["status"] == status and body["type"].startswith("urn:relay:problem:") and body["title"]
-    for word in words:
-        assert word.lower() in body["detail"].lower(), body["detail"]
+from ..conftest import RunningRelay, assert_problem, make_offer, request, start_relay
 
 
 async def test_wrong_content_type_is_415(relay: RunningRelay) -> None:

@@ -10,22 +10,19 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 from relay.client import WhepClient, WhipClient
-from relay.client.filesource import FileSource
-from relay.client.testpattern import TestPatternTrack, ToneTrack, make_frame, psnr, read_stamp
+from relay.client.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
 from relay.server.session import Session
 
-from .conftest import RunningRelay, start_relay
-from .encoder_hooks import install
+from ..conftest import RunningRelay, make_media, start_relay
+from ..encoder_hooks import install
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT, FPS = 320, 240, 30
 
 
@@ -73,6 +70,18 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 30) -> Run:
     return Run(proc.returncode, out.decode(), err.decode())
 
 
+async def read_until(proc: asyncio.subprocess.Process, text: str, timeout: float = 15) -> str:
+    """Read the process's stderr until `text` shows; what was read (finish() returns only the rest)."""
+    assert proc.stderr is not None
+    told = ""
+    async with asyncio.timeout(timeout):
+        while text not in told:
+            line = await proc.stderr.readline()
+            assert line, f"stderr closed before {text!r}: {told}"
+            told += line.decode()
+    return told
+
+
 async def cli(*args: str, timeout: float = 30, **kwargs: object) -> Run:
     return await finish(await spawn(*args, **kwargs), timeout)  # type: ignore[arg-type]
 
@@ -82,29 +91,6 @@ def one_line_error(run: Run) -> str:
     assert "Traceback" not in run.stderr, run.stderr
     assert len(lines) == 1, run.stderr
     return lines[0]
-
-
-def make_media(path: Path, seconds: float, video: str = "libvpx", gop: int = 10) -> None:
-    """Test-pattern frames (counter n, send time 0) and a 440 Hz tone, encoded with PyAV."""
-    with av.open(str(path), "w") as out:
-        v = out.add_stream(video, rate=FPS)
-        v.width, v.height, v.pix_fmt, v.bit_rate = WIDTH, HEIGHT, "yuv420p", 400_000
-        v.codec_context.gop_size = gop
-        if video == "libx264":
-            v.codec_context.profile = "Baseline"
-        a = out.add_stream("libopus", rate=48000)
-        a.layout = "mono"
-        for n in range(round(seconds * FPS)):
-            frame = make_frame(n, WIDTH, HEIGHT, 0)
-            frame.pts, frame.time_base = n, Fraction(1, FPS)
-            out.mux(v.encode(frame))
-        tone = (0.3 * 32767 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * 48000)) / 48000)).astype(np.int16)
-        for start in range(0, tone.size - 959, 960):
-            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 960], format="s16", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 48000, start, Fraction(1, 48000)
-            out.mux(a.encode(frame))
-        out.mux(v.encode(None))
-        out.mux(a.encode(None))
 
 
 async def decoded_counters(viewer: WhepClient, count: int) -> list[int]:
@@ -175,13 +161,47 @@ async def test_watch_records_what_arrives(relay: RunningRelay, tmp_path: Path, c
 
 async def test_watch_waits_for_the_stream_to_go_live(relay: RunningRelay) -> None:
     viewer = await spawn("watch", relay.url("/whep/later"), "--wait", "--duration", "1", "--video-only")
-    await asyncio.sleep(3)  # long enough to start and to be told 409 at least once
+    told = await read_until(viewer, "has no live publisher")  # started, and told 409 at least once
+    assert "waiting for" in told
     assert viewer.returncode is None, "watch gave up on an offline stream"
     async with WhipClient(relay.url("/whip/later"), [TestPatternTrack(WIDTH, HEIGHT, FPS)], keyframe_interval=1):
-        run = await finish(viewer, 15)
-    assert run.code == 0, run.stderr
-    assert "waiting for" in run.stderr and "has no live publisher" in run.stderr
+        run = await finish(viewer, 15)  # it comes live only on the watch's next try
+    assert run.code == 0, told + run.stderr
     assert re.search(r"video VP8 320x240 (29|30|31)\.\d fps", run.stdout), run.stdout
+
+
+async def test_killed_publisher_is_replaced_at_once_and_watch_waits_for_it(relay: RunningRelay) -> None:
+    url_whip, url_whep = relay.url("/whip/crash"), relay.url("/whep/crash")
+    viewer = await spawn("watch", url_whep, "--wait", "--duration", "7", "--video-only")
+    first = await spawn("publish", url_whip, "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}", "--gop", "1")
+    await relay.wait_until(lambda: (s := relay.ctx.streams.get("crash")) is not None and s.watching == 1, timeout=20)
+    stream = relay.ctx.streams.get("crash")
+    assert stream is not None and stream.publisher is not None
+    killed = stream.publisher
+    first.kill()  # no DELETE, no BYE: the server still holds its session
+    await first.wait()
+    second = await spawn("publish", url_whip, "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}", "--gop", "1",
+                         "--duration", "6")
+    await relay.wait_until(lambda: stream.live and stream.publisher is not killed, timeout=10)
+    published = await finish(second, 20)
+    assert published.code == 0, published.stderr
+    watched = await finish(viewer, 20)
+    assert watched.code == 0, watched.stderr
+    assert "waiting for it to come back" in watched.stderr
+    assert watched.stderr.count(f"watching {url_whep}") == 2, watched.stderr  # the second publisher's stream
+    assert re.search(r"latency p50 \d+ ms", watched.stdout), watched.stdout  # it read the pattern's stamps
+
+
+async def test_probe_honours_retry_after() -> None:
+    running = await start_relay({"limits": {"requests_per_second": 4, "request_burst": 3}})
+    try:
+        run = await cli("probe", running.url("/whip/p"), running.url("/whep/p"), "--viewers", "6",
+                        "--duration", "2", "--size", "160x120", "--json", timeout=60)
+        assert run.code == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert result["viewers"] == 6 and result["viewers_without_video"] == 0, result
+    finally:
+        await running.server.close()
 
 
 async def test_probe_three_viewers_json(relay: RunningRelay) -> None:
@@ -209,7 +229,9 @@ async def test_conflict_is_one_readable_line_and_leaves_no_session(relay: Runnin
         assert line.startswith("relay publish: HTTP 409") and "already has a publisher" in line
         assert [s.kind for s in relay.ctx.sessions] == ["whip"]
         assert relay.ctx.streams.get("busy").publisher is not None
-        assert owner.location is not None
+        (session,) = relay.ctx.sessions
+        assert owner.location is not None and owner.location.endswith(session.path), "the owner's session is gone"
+        assert session.state == "connected"
     await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
 
 
@@ -251,7 +273,9 @@ async def test_ctrl_c_deletes_the_sessions(relay: RunningRelay, monkeypatch: pyt
     viewer = await spawn("watch", relay.url("/whep/sig"))
     await relay.wait_until(lambda: relay.ctx.streams.get("sig").packets_in > 0
                            and len(relay.ctx.streams.get("sig").viewers) == 1)
-    await asyncio.sleep(1)
+    # both ends in their steady state: a second of video has gone out to the watcher
+    await relay.wait_until(lambda: all(v.tracks["video"].frames_sent >= FPS
+                                       for v in relay.ctx.streams.get("sig").viewers))
     viewer.send_signal(signal.SIGINT)  # first: once the publisher leaves, the server ends its viewers itself
     watched = await finish(viewer, 10)
     publisher.send_signal(signal.SIGINT)
@@ -261,20 +285,3 @@ async def test_ctrl_c_deletes_the_sessions(relay: RunningRelay, monkeypatch: pyt
     assert watched.stdout.startswith("watched ") and published.stdout.startswith("published ")
     await relay.wait_until(lambda: len(relay.ctx.sessions) == 0, timeout=3)
     assert reasons == ["DELETE by the client"] * 2
-
-
-async def test_file_source_loops_with_rising_timestamps_and_annex_b(tmp_path: Path) -> None:
-    media = tmp_path / "short.mp4"
-    make_media(media, seconds=0.5, video="libx264")
-    source = FileSource(str(media), as_is=("video", "audio"), loop=True)
-    assert source.info.as_is == {"video": "H264", "audio": "opus"}
-    video = source.tracks["video"]
-    async with asyncio.timeout(5):
-        packets = [await video.recv() for _ in range(40)]
-    source.stop()
-    steps = [b.pts - a.pts for a, b in zip(packets, packets[1:])]
-    assert source.loops >= 2
-    assert all(0 < step < 3000 + 0.1 * 90000 for step in steps), f"timestamps go back or jump: {steps}"
-    assert steps.count(3000) >= len(steps) - source.loops, f"frames are not 1/30 s apart: {steps}"
-    assert all(bytes(p)[:4] == b"\x00\x00\x00\x01" or bytes(p)[:3] == b"\x00\x00\x01" for p in packets), \
-        "MP4's H.264 was not turned into Annex-B"

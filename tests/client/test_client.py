@@ -15,7 +15,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from relay.client import ClientError, SessionError, WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack, latency_ms, psnr, read_stamp
 
-from .conftest import RunningRelay
+from ..conftest import RunningRelay, poll_until
 
 WIDTH, HEIGHT = 320, 240
 
@@ -154,14 +154,14 @@ async def test_token_ice_servers_location_trickle_and_delete(fake_server) -> Non
 
 async def test_cancelled_start_still_deletes_the_session(fake_server) -> None:  # type: ignore[no-untyped-def]
     async def slow_post(request: web.Request, fake: Fake) -> web.Response:
-        await asyncio.sleep(0.5)  # the session exists on the server before the client hears of it
+        await asyncio.sleep(0.5)  # a slow server: the session exists before the client hears of it
         return web.Response(status=201, text="v=0\r\n", content_type="application/sdp",
                             headers={"Location": "/whip/x/abc"})
 
     fake = await fake_server({"POST /whip/x": slow_post})
     client = WhipClient(fake.url("/whip/x"), [TestPatternTrack(WIDTH, HEIGHT)], ice_servers=[])
     task = asyncio.create_task(client.start())
-    await asyncio.sleep(0.2)
+    await poll_until(lambda: fake.methods() == ["POST"], timeout=5)  # cancelled while the server holds the POST
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

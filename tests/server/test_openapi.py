@@ -8,7 +8,7 @@ from openapi_spec_validator import validate
 
 from relay.server.openapi import document
 
-from .conftest import RunningRelay
+from ..conftest import RunningRelay
 
 METHODS = {"get", "head", "post", "put", "patch", "delete", "options", "trace"}
 

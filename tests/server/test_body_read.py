@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import RunningRelay, start_relay
-from .test_http_errors import make_offer
+from ..conftest import RunningRelay, make_offer, start_relay
 
 
 async def send_raw(port: int, head: str, pieces: list[bytes], pause: float = 0.01) -> tuple[int, bytes]:
