@@ -43,7 +43,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds of media")
     p.add_argument("--video-only", action="store_true", help="do not ask for audio")
     p.add_argument("--wait", action="store_true",
-                   help="while the stream is offline (409) or the server busy (503), retry until it is live")
+                   help="while the stream is offline (409) or the server busy (503), retry until it is live; "
+                   "when it ends, wait for it to come back (until --duration or Ctrl-C)")
     add_client_options(p)
     p.set_defaults(func=lambda args: run(watch, args))
 
