@@ -85,6 +85,11 @@ class Stream:
         """Viewers whose ICE connected: the ones that hold a seat and count everywhere."""
         return sum(1 for viewer in self.viewers if viewer.connected)
 
+    def sending(self, within: float = 0.5) -> bool:
+        """The current publisher sent media in the last `within` s (a live one does every 20-40 ms)."""
+        last = self.meter_in.last_add
+        return last is not None and last >= self._claimed and time.monotonic() - last < within
+
     def idle_for(self) -> float:
         """Seconds the current publisher has sent no media (since it took the stream, if it never did)."""
         return time.monotonic() - max(self._claimed, self.meter_in.last_add or 0.0)

@@ -58,11 +58,6 @@ class PublisherSession(Session):
         self.stream.stop(self)
 
 
-# A publisher that sent nothing for this long may have crashed: its 409 says when to retry.
-# Live ones send a packet every 20-40 ms (audio frames, video at any frame rate).
-SILENT = 0.5
-
-
 async def take_over(stream: Stream, idle_limit: float, token_holder: bool) -> None:
     """Close the stream's publisher for a new one, or 409 saying when that will be possible.
 
@@ -79,7 +74,7 @@ async def take_over(stream: Stream, idle_limit: float, token_holder: bool) -> No
             return
     detail = f"stream {stream.name!r} already has a publisher; stop it (DELETE its session) or pick another name"
     headers = {}
-    if idle_limit and idle >= SILENT and stream.publisher is publisher:
+    if idle_limit and not stream.sending() and stream.publisher is publisher:  # crashed, or never sent
         wait = max(1, math.ceil(idle_limit - idle))
         detail += f"; if it has stopped sending, retry after {wait} s to replace it"
         headers["Retry-After"] = str(wait)
