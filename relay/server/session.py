@@ -55,7 +55,6 @@ class Session:
         self._sessions = sessions
         self._pending = True  # until ICE connects or the session ends (limits.admit_pending)
         sessions.opened(self)
-        self._connect_timeout = config.ice.connect_timeout
         self._tasks = Tasks()
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -76,9 +75,10 @@ class Session:
         self._tasks.spawn(coro)
 
     async def _expire_if_not_connected(self) -> None:
-        await asyncio.sleep(self._connect_timeout)
+        timeout = self.config.ice.connect_timeout
+        await asyncio.sleep(timeout)
         if self.pc.connectionState != "connected":
-            await self.close(f"ICE did not connect within {self._connect_timeout:g} s")
+            await self.close(f"ICE did not connect within {timeout:g} s")
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState

@@ -73,9 +73,10 @@ async def post(request: web.Request) -> web.Response:
                       f"stream {name!r} has no live publisher; retry after {RETRY_AFTER} s",
                       headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name)})
     check_codecs(offer, stream)
-    limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)
+    address = request.remote or "unknown"
+    limits.admit_pending(ctx.sessions, address, ctx.config.limits)
     limits.admit_viewer(stream, ctx.config.limits)
-    session = ViewerSession(ctx.sessions, stream, ctx.config, request.remote or "unknown")
+    session = ViewerSession(ctx.sessions, stream, ctx.config, address)
     answer = await session.negotiate_or_close(offer)
     session.start()
     return created(session, answer, ctx.config, [stream_events_link(name)])

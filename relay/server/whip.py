@@ -59,7 +59,7 @@ class PublisherSession(Session):
 
 
 async def take_over(stream: Stream, idle_limit: float, token_holder: bool) -> None:
-    """Close the stream's publisher for a new one, or 409 saying when that will be possible.
+    """Close the stream's publisher, if any, for a new one, or 409 saying when that will be possible.
 
     A crashed encoder or a half-open session would otherwise hold the name
     until ICE consent fails; a publisher that still sends media keeps it.
@@ -99,13 +99,13 @@ async def post(request: web.Request) -> web.Response:
     name = stream_name(request)
     offer = await read_offer(request, PublisherSession.kind)
     codecs = choose_codecs(offer, ctx.config)
-    limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)
+    address = request.remote or "unknown"
+    limits.admit_pending(ctx.sessions, address, ctx.config.limits)
     limits.admit_stream(ctx.streams, ctx.config.limits)
     stream = ctx.streams.get_or_create(name)
-    if stream.publisher is not None:
-        token_holder = required_token(ctx.config.auth, name, "publish") is not None  # checked by auth already
-        await take_over(stream, ctx.config.forwarding.takeover_idle, token_holder)
-    session = PublisherSession(ctx.sessions, ctx.streams, stream, ctx.config, codecs, request.remote or "unknown")
+    token_holder = required_token(ctx.config.auth, name, "publish") is not None  # checked by auth already
+    await take_over(stream, ctx.config.forwarding.takeover_idle, token_holder)
+    session = PublisherSession(ctx.sessions, ctx.streams, stream, ctx.config, codecs, address)
     stream.start(session)
     answer = await session.negotiate_or_close(offer)
     session.start()
