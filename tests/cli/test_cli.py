@@ -115,7 +115,7 @@ async def test_publish_file_is_forwarded_without_any_encoder(
     env = {"ENCODER_COUNTS": str(counts_file)}
     proc = await spawn("publish", relay.url("/whip/file"), "--file", str(media),
                        module="tests.encoder_hooks", env=env)
-    await relay.wait_until(lambda: (s := relay.ctx.streams.get("file")) is not None and len(s.tracks) == 2)
+    await relay.wait_until(lambda: (s := relay.ctx.streams.get("file")) is not None and s.live and len(s.tracks) == 2)
     async with WhepClient(relay.url("/whep/file")) as viewer:
         counters = await decoded_counters(viewer, 30)
     run = await finish(proc)
