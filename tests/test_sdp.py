@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 
-from relay.sdp import SdpError, choose_codec, parse_fragment, parse_offer
+from relay.sdp import SdpError, accepts, choose_codec, h264_profile, parse_fragment, parse_offer
 
 
 async def offer_with(video_mimes: list[str]) -> str:
@@ -33,11 +35,22 @@ async def test_the_publishers_order_decides_among_allowed_codecs(order: list[str
     assert choose_codec(media, ["VP8"]) == "video/VP8"
 
 
-async def test_h264_high_profile_only_is_refused() -> None:
+async def test_h264_of_any_profile_is_taken_as_offered() -> None:
     sdp = await offer_with(["video/h264"])
-    high = sdp.replace("profile-level-id=42001f", "profile-level-id=640c1f").replace(
-        "profile-level-id=42e01f", "profile-level-id=640c1f")
-    assert choose_codec(parse_offer(high).media[0], ["VP8", "H264"]) is None
+    high = re.sub(r"profile-level-id=[0-9a-f]{6}", "profile-level-id=640c1f", sdp)
+    media = parse_offer(high).media[0]
+    assert choose_codec(media, ["VP8", "H264"]) == "video/H264"
+    assert h264_profile(media, "video/H264") == "640c1f"
+    assert accepts(media, "video/H264", "640c1f") and accepts(media, "video/H264", "640c0d")
+    assert not accepts(media, "video/H264", "42e01f")
+
+
+async def test_a_viewer_below_the_level_takes_it_only_with_level_asymmetry() -> None:
+    sdp = re.sub(r"profile-level-id=[0-9a-f]{6}", "profile-level-id=640c1f", await offer_with(["video/h264"]))
+    assert accepts(parse_offer(sdp).media[0], "video/H264", "640c28")
+    strict = sdp.replace("level-asymmetry-allowed=1;", "")
+    assert "level-asymmetry-allowed" not in strict
+    assert not accepts(parse_offer(strict).media[0], "video/H264", "640c28")
 
 
 def test_garbage_is_refused_with_a_reason() -> None:

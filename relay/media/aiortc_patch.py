@@ -21,13 +21,22 @@ import aioice.ice
 import aioice.stun
 import aiortc
 import aiortc.clock
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+import aiortc.codecs
+import aiortc.rtp
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+    RTCRtpReceiver,
+    RTCRtpSender,
+)
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
 from aiortc.mediastreams import convert_timebase
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtp import RtpPacket
+from aiortc.sdp import SessionDescription
 
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
@@ -76,6 +85,11 @@ def _check() -> None:
             problems.append(f"{func.__qualname__} no longer uses {name}")
     if not hasattr(RTCDtlsTransport, "_set_role"):
         problems.append("RTCDtlsTransport._set_role is gone")
+    if not isinstance(getattr(aiortc.codecs, "CODECS", None), dict) or not isinstance(
+            getattr(aiortc.codecs, "HEADER_EXTENSIONS", None), dict):
+        problems.append("aiortc.codecs.CODECS / HEADER_EXTENSIONS are gone")
+    if "rtp_stream_id" not in aiortc.rtp.HeaderExtensions.__dataclass_fields__:
+        problems.append("aiortc.rtp.HeaderExtensions has no rtp_stream_id")
     if not hasattr(RTCRtpReceiver, "_send_rtcp_pli"):
         problems.append("RTCRtpReceiver._send_rtcp_pli is gone")
     if problems:
@@ -209,17 +223,20 @@ def tune_encoder(
 
 
 def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
-    """Make the coming answer say a=setup:passive where the offer left the choice.
+    """Make the coming answer say a=setup:passive where the offer left the choice (active to a passive offer).
 
     aiortc answers actpass with active (DTLS client); GStreamer with an RSA
     certificate then meets aiortc's ECDSA-only client cipher list ("no shared
     cipher"). As DTLS server aiortc works with every client we know of. Call
     between setRemoteDescription and createAnswer.
     """
+    remote = SessionDescription.parse(pc.remoteDescription.sdp)
+    passive = {m.rtp.muxId for m in remote.media if m.dtls and m.dtls.role == "server"}
     for transceiver in pc.getTransceivers():
         transport = transceiver.receiver.transport
         if transport._role == "auto":
-            transport._set_role("server")
+            # An offer of a=setup:passive leaves us the client's part (aiortc would answer passive too).
+            transport._set_role("client" if transceiver.mid in passive else "server")
 
 
 def restrict_host_addresses(addresses: list[str]) -> None:
@@ -292,3 +309,83 @@ def use_fast_ntp_clock() -> None:
     64-bit NTP value from `time.time()` costs a fraction of that.
     """
     aiortc.clock.current_ntp_time = _current_ntp_time
+
+
+# --- Offers as native stacks write them: H.264 of any profile, simulcast layers -----------------
+#
+# aiortc lists H.264 constrained baseline only and matches H.264 by profile and
+# packetization mode (never by level), so a publisher that signals High
+# (OBS with x264 often does) finds no common codec. Forwarding never decodes and
+# browsers decode every profile, so Relay registers one entry per profile.
+# aiortc parses the header extensions that name simulcast layers (RFC 8852)
+# only when they are registered too.
+
+_EXTRA_H264_PROFILES = ("4d001f", "640c1f", "64001f")  # Main, Constrained High, High
+_RID_EXTENSIONS = ("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+                   "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id")
+
+
+def _register_native_codecs() -> None:
+    video = aiortc.codecs.CODECS["video"]
+    h264 = [c for c in video if c.mimeType.lower() == "video/h264"]
+    have = {str(c.parameters.get("profile-level-id")) for c in h264}
+    payload_type = max(c.payloadType for c in video) + 1
+    for profile in _EXTRA_H264_PROFILES:
+        if profile in have:
+            continue
+        video.append(RTCRtpCodecParameters(
+            mimeType="video/H264", clockRate=90000, payloadType=payload_type,
+            rtcpFeedback=list(h264[0].rtcpFeedback),
+            parameters={"level-asymmetry-allowed": "1", "packetization-mode": "1", "profile-level-id": profile},
+        ))
+        video.append(RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=payload_type + 1,
+                                           parameters={"apt": payload_type}))
+        payload_type += 2
+    extensions = aiortc.codecs.HEADER_EXTENSIONS["video"]
+    used = {e.id for e in extensions}
+    free = (i for i in range(1, 15) if i not in used)
+    for uri in _RID_EXTENSIONS:
+        if all(e.uri != uri for e in extensions):
+            extensions.append(RTCRtpHeaderExtensionParameters(id=next(free), uri=uri))
+
+
+_register_native_codecs()
+
+
+def answer_h264_as_offered(pc: RTCPeerConnection) -> None:
+    """Answer H.264 with the profile-level-id the peer offered, not aiortc's own entry's.
+
+    RFC 6184 §8.2.2: the answer keeps the offered profile; aiortc would write the
+    level of its registered entry. Call between setRemoteDescription and createAnswer.
+    """
+    remote = SessionDescription.parse(pc.remoteDescription.sdp)
+    offered = {m.rtp.muxId: {c.payloadType: c for c in m.rtp.codecs} for m in remote.media}
+    for transceiver in pc.getTransceivers():
+        codecs = offered.get(transceiver.mid or "", {})
+        for codec in transceiver._codecs:
+            theirs = codecs.get(codec.payloadType)
+            if codec.mimeType.lower() == "video/h264" and theirs and "profile-level-id" in theirs.parameters:
+                codec.parameters["profile-level-id"] = theirs.parameters["profile-level-id"]
+
+
+def forward_one_layer(receiver: RTCRtpReceiver, rid: str) -> None:
+    """Let through only the simulcast layer `rid` (and its retransmissions); drop the others.
+
+    aiortc routes every unsignalled SSRC of a payload type to the one receiver
+    that has it, so all layers would meet in one jitter buffer. Each layer names
+    itself in the RTP stream id header extension (RFC 8852), at least until the
+    receiver reports on its SSRC; packets of an SSRC not yet named are dropped.
+    """
+    handle = receiver._handle_rtp_packet
+    layer: dict[int, bool] = {}  # SSRC -> whether it carries the chosen layer
+
+    async def one_layer(packet: RtpPacket, arrival_time_ms: int) -> None:
+        if packet.ssrc not in layer:
+            name = packet.extensions.rtp_stream_id or packet.extensions.repaired_rtp_stream_id
+            if name is None:
+                return
+            layer[packet.ssrc] = name == rid
+        if layer[packet.ssrc]:
+            await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = one_layer  # type: ignore[method-assign]

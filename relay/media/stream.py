@@ -135,9 +135,12 @@ class Stream:
             self._started = time.monotonic()
             self._on_change(self)
 
-    def add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str, clock_rate: int) -> None:
+    def add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str, clock_rate: int,
+                     profile: str | None = None) -> None:
+        """Take the publisher's `kind` from `receiver`; `profile` is H.264's profile-level-id, for viewers."""
         track = PublisherTap(kind, codec, clock_rate, self.fanouts[kind], (self.meter_in, self.meter_out),
                              self.config.hole_wait, self.video_keyframe, self.request_keyframe)
+        track.profile = profile
         self.tracks[kind] = track
         self._receivers[kind] = receiver
         aiortc_patch.tap_receiver(receiver, track.on_packet)
@@ -210,7 +213,8 @@ class Stream:
         tracks = {kind: ViewerTrack(self.fanouts[kind], self.config.viewer_queue_frames, self.request_keyframe, replay)
                   for kind in kinds if kind in self.tracks}
         viewer = Viewer(tracks, on_end)
-        viewer.add_senders(pc, {kind: CODEC_MIME[self.tracks[kind].codec] for kind in tracks},
+        viewer.add_senders(pc, {kind: (CODEC_MIME[self.tracks[kind].codec], self.tracks[kind].profile)
+                                for kind in tracks},
                            lambda: self.request_keyframe("viewer PLI/FIR"), self.count_nack_received)
         self.viewers.add(viewer)
         self._on_change(self)

@@ -33,6 +33,7 @@ class PublisherTap:
     ) -> None:
         self.kind = kind
         self.codec = codec
+        self.profile: str | None = None  # H.264's profile-level-id, which viewers must take
         self.ssrc: int | None = None
         self._fanout = fanout
         self._meter_in, self._meter_out = meters

@@ -33,13 +33,14 @@ class Viewer:
         for track in tracks.values():
             track.on("ended", on_end)
 
-    def add_senders(self, pc: RTCPeerConnection, mimes: dict[str, str],
+    def add_senders(self, pc: RTCPeerConnection, codecs: dict[str, tuple[str, str | None]],
                     on_keyframe_request: Callable[[], None], on_nack: Callable[[], None]) -> None:
-        """One sendonly transceiver per track, the stream's codec pinned and nothing to encode."""
+        """One sendonly transceiver per track, the stream's codec (and H.264 profile) pinned and nothing to encode."""
         for kind, track in self.tracks.items():
+            mime, profile = codecs[kind]
             transceiver = pc.addTransceiver(track, direction="sendonly")
-            transceiver.setCodecPreferences(capabilities(mimes[kind]))
-            aiortc_patch.use_packer(transceiver.sender, mimes[kind])
+            transceiver.setCodecPreferences(capabilities(mime, profile))
+            aiortc_patch.use_packer(transceiver.sender, mime)
             aiortc_patch.on_keyframe_request(transceiver.sender, on_keyframe_request)
             aiortc_patch.on_nack_received(transceiver.sender, on_nack)
 

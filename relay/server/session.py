@@ -118,15 +118,20 @@ class Session:
             await self.close("negotiation failed")
             raise
 
-    async def answer(self, offer: str) -> str:
-        """Apply the client's offer and return our complete answer (all candidates in it)."""
+    async def answer(self, offer: Offer) -> str:
+        """Apply the client's offer and return our complete answer (all candidates in it).
+
+        aiortc sees only the m= sections Relay answers; the rejected ones are put
+        back into its answer, so every section of the client's offer is answered.
+        """
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         except (ValueError, OperationError) as exc:  # aiortc's checks: credentials, fingerprint, codecs
             raise OfferRejected(str(exc)) from None
         aiortc_patch.answer_as_dtls_server(self.pc)
+        aiortc_patch.answer_h264_as_offered(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription.sdp
+        return offer.complete(self.pc.localDescription.sdp)
 
     def is_ice_restart(self, ufrag: str | None, pwd: str | None) -> bool:
         """New ICE credentials in a PATCH mean a restart; the current ones are plain trickle."""

@@ -29,7 +29,7 @@ class ViewerSession(Session):
     async def negotiate(self, offer: Offer) -> str:
         """Subscribe to the stream (sendonly senders, its codecs pinned), then answer."""
         self.viewer = self.stream.subscribe(self.pc, offer.kinds(), self._on_stream_ended)
-        return await self.answer(offer.sdp)
+        return await self.answer(offer)
 
     def on_connected(self) -> None:
         if self.viewer is None:
@@ -52,10 +52,12 @@ def check_codecs(offer: Offer, stream: Stream) -> None:
     """A viewer must take the stream's codec as it is: nothing is transcoded."""
     for media in offer.media:
         source = stream.tracks.get(media.kind)
-        if source is not None and not accepts(media, CODEC_MIME[source.codec]):
+        if source is not None and not accepts(media, CODEC_MIME[source.codec], source.profile):
+            carried = (f"H.264 of profile-level-id {source.profile} with packetization-mode=1 (that profile at "
+                       "that level or above, or with level-asymmetry-allowed=1)" if source.profile
+                       else CODEC_HINT[CODEC_MIME[source.codec].lower()])
             raise Problem(422, "unsupported-codec",
-                          f"stream {stream.name!r} carries {media.kind} as "
-                          f"{CODEC_HINT[CODEC_MIME[source.codec].lower()]}; offer it (the offer has "
+                          f"stream {stream.name!r} carries {media.kind} as {carried}; offer it (the offer has "
                           f"{offered_names(media)})")
     if not any(media.kind in stream.tracks for media in offer.media):
         raise Problem(422, "no-common-media",

@@ -8,9 +8,19 @@ from aiohttp import web
 from aiortc.mediastreams import MediaStreamTrack
 
 from relay.config import Config
+from relay.media import aiortc_patch
 from relay.media.peer import transceiver_of, until_media_ends
 from relay.media.stream import Stream, Streams
-from relay.sdp import CLOCK_RATES, CODEC_HINT, CODEC_MIME, Offer, capabilities, choose_codec, offered_names
+from relay.sdp import (
+    CLOCK_RATES,
+    CODEC_HINT,
+    CODEC_MIME,
+    Offer,
+    capabilities,
+    choose_codec,
+    h264_profile,
+    offered_names,
+)
 from relay.server import limits
 from relay.server.auth import required_token
 from relay.server.context import context
@@ -28,20 +38,29 @@ class PublisherSession(Session):
         self.streams = streams
         self.stream = stream
         self.codecs = codecs
+        self.profiles: dict[str, str | None] = {}
+        self.layers: dict[str, str] = {}  # kind -> the simulcast layer (rid) forwarded
 
     async def negotiate(self, offer: Offer) -> str:
-        """Answer recvonly with the chosen codecs pinned before the offer is applied."""
-        for kind, mime in self.codecs.items():
-            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
-            transceiver.setCodecPreferences(capabilities(mime))
+        """Answer recvonly with the chosen codecs (H.264: the offered profile) pinned before the offer is applied."""
+        for media in offer.media:
+            mime = self.codecs[media.kind]
+            self.profiles[media.kind] = h264_profile(media, mime)
+            if media.rid:
+                self.layers[media.kind] = media.rid
+            transceiver = self.pc.addTransceiver(media.kind, direction="recvonly")
+            transceiver.setCodecPreferences(capabilities(mime, self.profiles[media.kind]))
         self.pc.on("track", self._on_track)
-        return await self.answer(offer.sdp)
+        return await self.answer(offer)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         # Emitted inside setRemoteDescription, before any packet can arrive.
         receiver = transceiver_of(self.pc, track).receiver
         mime = self.codecs[track.kind]
-        self.stream.add_receiver(track.kind, receiver, mime.split("/")[1], CLOCK_RATES[track.kind])
+        if track.kind in self.layers:
+            aiortc_patch.forward_one_layer(receiver, self.layers[track.kind])
+        self.stream.add_receiver(track.kind, receiver, mime.split("/")[1], CLOCK_RATES[track.kind],
+                                 self.profiles.get(track.kind))
         self.spawn(self._close_when_ended(track))
 
     async def _close_when_ended(self, track: MediaStreamTrack) -> None:

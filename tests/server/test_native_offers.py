@@ -1,0 +1,167 @@
+"""Offers as native stacks and browsers write them (tests/offers/): each gets a complete answer.
+
+Every m= section of an offer is answered in its place: bundle-only sections as
+media (RFC 8843), rejected ones with port 0 (never left to aiortc); H.264 of any
+profile; simulcast with one layer forwarded. Media flow for GStreamer is in tests/native/.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from relay.client import WhipClient
+from relay.client.testpattern import TestPatternTrack, ToneTrack
+
+from ..conftest import RunningRelay, assert_problem, request
+
+OFFERS = Path(__file__).resolve().parents[1] / "offers"
+
+
+def offer(name: str) -> str:
+    """An offer as its stack wrote it (CRLF line ends kept)."""
+    return (OFFERS / name).read_bytes().decode()
+
+
+def sections(sdp: str) -> list[str]:
+    """The m= sections of an SDP, each as one string."""
+    return ["m=" + part for part in re.split(r"^m=", sdp.replace("\r\n", "\n"), flags=re.M)[1:]]
+
+
+def attribute(section: str, name: str) -> list[str]:
+    return re.findall(rf"^a={name}(?::(.*))?$", section, flags=re.M)
+
+
+async def post(relay: RunningRelay, path: str, sdp: str) -> tuple[int, str | dict]:
+    response, body = await request("POST", relay.url(path), sdp, **{"Content-Type": "application/sdp"})
+    if response.status == 201:
+        await request("DELETE", relay.url(response.headers["Location"]))
+    return response.status, body
+
+
+async def answer_to(relay: RunningRelay, path: str, sdp: str) -> list[str]:
+    status, body = await post(relay, path, sdp)
+    assert status == 201, body
+    assert isinstance(body, str)
+    return sections(body)
+
+
+def with_section(sdp: str, section: str, bundle: bool = False) -> str:
+    """`sdp` with one more m= section at its end (and its mid in BUNDLE if `bundle`)."""
+    if bundle:
+        mid = attribute(section, "mid")[0]
+        sdp = re.sub(r"^(a=group:BUNDLE .*)$", rf"\1 {mid}", sdp, count=1, flags=re.M)
+    return sdp + section.replace("\n", "\r\n")
+
+
+async def test_gstreamer_bundle_only_audio_is_published(relay: RunningRelay) -> None:
+    """webrtcbin max-bundle: m=audio 0 + a=bundle-only was a 400 ('audio' KeyError)."""
+    video, audio = await answer_to(relay, "/whip/gst", offer("gstreamer-1.22-publish.sdp"))
+    assert video.startswith("m=video ") and attribute(video, "mid") == ["video0"]
+    assert audio.startswith("m=audio ") and attribute(audio, "mid") == ["audio1"]
+    assert attribute(audio, "recvonly") == [""] and attribute(audio, "rtpmap") == ["111 opus/48000/2"]
+
+
+async def test_gstreamer_viewer_gets_audio(relay: RunningRelay) -> None:
+    """The bundle-only audio of a WHEP viewer was answered a=inactive."""
+    async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(320, 240), ToneTrack()]):
+        video, audio = await answer_to(relay, "/whep/cam", offer("gstreamer-1.22-view.sdp"))
+    assert attribute(video, "sendonly") == [""] and attribute(audio, "sendonly") == [""]
+    assert attribute(audio, "rtpmap") == ["111 opus/48000/2"] and attribute(audio, "msid")
+
+
+DATA_CHANNEL = """m=application 9 UDP/DTLS/SCTP webrtc-datachannel
+c=IN IP4 0.0.0.0
+a=ice-ufrag:HaZ9
+a=ice-pwd:Dh0z7B8hesP8M1wIvc/mvcZ2
+a=fingerprint:sha-256 4E:F2:C1:04:E0:C4:F4:5C:7C:29:DD:78:C9:DD:3A:9D:57:DA:E2:E4:BF:E4:E2:66:07:50:30:C5:F5:5C:D4:48
+a=setup:actpass
+a=mid:2
+a=sctp-port:5000
+"""
+
+DISABLED_VIDEO = """m=video 0 UDP/TLS/RTP/SAVPF 96
+c=IN IP4 0.0.0.0
+a=ice-ufrag:HaZ9
+a=ice-pwd:Dh0z7B8hesP8M1wIvc/mvcZ2
+a=fingerprint:sha-256 4E:F2:C1:04:E0:C4:F4:5C:7C:29:DD:78:C9:DD:3A:9D:57:DA:E2:E4:BF:E4:E2:66:07:50:30:C5:F5:5C:D4:48
+a=setup:actpass
+a=mid:3
+a=sendonly
+a=rtcp-mux
+a=rtpmap:96 VP8/90000
+"""
+
+
+@pytest.mark.parametrize("extra,bundle", [(DATA_CHANNEL, True), (DATA_CHANNEL, False), (DISABLED_VIDEO, False)],
+                         ids=["datachannel-bundled", "datachannel", "port-0-video"])
+async def test_sections_relay_does_not_take_are_answered_rejected(relay: RunningRelay, extra: str,
+                                                                   bundle: bool) -> None:
+    """A data channel, or a second video with port 0 outside BUNDLE, gets port 0 in its place."""
+    answer = await answer_to(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"), extra, bundle))
+    assert len(answer) == 3
+    video, audio, rejected = answer
+    assert video.split()[1] != "0" and attribute(audio, "recvonly") == [""]
+    assert rejected.split()[:3] == [*extra.split()[:1], "0", extra.split()[2]]
+    assert attribute(rejected, "mid") == attribute(extra, "mid")
+    bundled = attribute("\n".join(answer), "group:BUNDLE")  # session level, before the first m=
+    assert not bundled
+
+
+async def test_the_answer_bundles_only_the_answered_sections(relay: RunningRelay) -> None:
+    status, body = await post(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"), DATA_CHANNEL, True))
+    assert status == 201 and isinstance(body, str)
+    assert re.search(r"^a=group:BUNDLE 0 1\r?$", body, flags=re.M), body
+
+
+async def test_obs_offer_audio_first_h264_high(relay: RunningRelay) -> None:
+    """libdatachannel's shape: audio first, session-level ICE/DTLS, High profile, IPv6 and mDNS candidates."""
+    audio, video = await answer_to(relay, "/whip/obs", offer("obs-libdatachannel-publish.sdp"))
+    assert audio.startswith("m=audio ") and video.startswith("m=video ")
+    fmtp = attribute(video, "fmtp")
+    assert len(fmtp) == 1 and "profile-level-id=640c1f" in fmtp[0] and "packetization-mode=1" in fmtp[0], fmtp
+    assert relay.ctx.streams.get("obs") is None or not relay.ctx.streams.get("obs").live
+
+
+@pytest.mark.parametrize("profile", ["640c1f", "64001f", "640028", "4d001f", "42001f", "42e01f"])
+async def test_h264_of_any_profile_is_answered_with_that_profile(relay: RunningRelay, profile: str) -> None:
+    sdp = offer("obs-libdatachannel-publish.sdp").replace("profile-level-id=640c1f", f"profile-level-id={profile}")
+    _audio, video = await answer_to(relay, "/whip/obs", sdp)
+    assert f"profile-level-id={profile}" in attribute(video, "fmtp")[0]
+
+
+async def test_h264_without_packetization_mode_1_is_refused_clearly(relay: RunningRelay) -> None:
+    sdp = offer("obs-libdatachannel-publish.sdp").replace("packetization-mode=1", "packetization-mode=0")
+    response, body = await request("POST", relay.url("/whip/obs"), sdp, **{"Content-Type": "application/sdp"})
+    assert_problem(response, body, 422, "packetization-mode=1", "packetization-mode=0")
+
+
+async def test_chromium_simulcast_is_accepted_with_every_layer(relay: RunningRelay) -> None:
+    video, audio = await answer_to(relay, "/whip/sim", offer("chromium-156-simulcast-publish.sdp"))
+    assert attribute(video, "simulcast") == ["recv q;h;f"]
+    assert attribute(video, "rid") == ["q recv", "h recv", "f recv"]
+    extensions = {line.split()[-1] for line in attribute(video, "extmap")}
+    assert "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id" in extensions
+    assert attribute(audio, "recvonly") == [""]
+
+
+@pytest.mark.parametrize("setup,answered", [("actpass", "passive"), ("active", "passive"), ("passive", "active")])
+async def test_setup_variants(relay: RunningRelay, setup: str, answered: str) -> None:
+    sdp = offer("gstreamer-1.22-publish.sdp").replace("a=setup:actpass", f"a=setup:{setup}")
+    for section in await answer_to(relay, "/whip/gst", sdp):
+        assert attribute(section, "setup") == [answered]
+
+
+async def test_ice_lite_offer_is_answered(relay: RunningRelay) -> None:
+    sdp = offer("chromium-156-publish.sdp").replace("t=0 0\r\n", "t=0 0\r\na=ice-lite\r\n", 1)
+    assert "a=ice-lite" in sdp
+    assert len(await answer_to(relay, "/whip/lite", sdp)) == 2
+
+
+async def test_an_offer_without_mid_is_refused_clearly(relay: RunningRelay) -> None:
+    sdp = re.sub(r"^a=(mid:.*|group:BUNDLE.*)\r\n", "", offer("chromium-156-publish.sdp"), flags=re.M)
+    assert "a=mid" not in sdp and "BUNDLE" not in sdp
+    response, body = await request("POST", relay.url("/whip/nomid"), sdp, **{"Content-Type": "application/sdp"})
+    assert_problem(response, body, 400, "a=mid")
