@@ -35,6 +35,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
 from aiortc.mediastreams import convert_timebase
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription
 
@@ -74,6 +75,8 @@ def _check() -> None:
         (RTCRtpSender._handle_rtcp_packet, "_send_keyframe"),
         (RTCRtpSender._handle_rtcp_packet, "_retransmit"),
         (RTCRtpReceiver._handle_rtp_packet, "_send_rtcp_nack"),
+        (RTCRtpReceiver._handle_rtp_packet, "_RTCRtpReceiver__nack_generator"),
+        (RTCRtpReceiver._handle_rtp_packet, "_RTCRtpReceiver__remote_bitrate_estimator"),
         (_getter(Vp8Encoder, "target_bitrate"), "_Vp8Encoder__target_bitrate"),
         (_getter(H264Encoder, "target_bitrate"), "_H264Encoder__target_bitrate"),
         (aioice.ice.Connection.gather_candidates, "get_host_addresses"),
@@ -329,7 +332,7 @@ def _register_native_codecs() -> None:
     video = aiortc.codecs.CODECS["video"]
     h264 = [c for c in video if c.mimeType.lower() == "video/h264"]
     have = {str(c.parameters.get("profile-level-id")) for c in h264}
-    payload_type = max(c.payloadType for c in video) + 1
+    payload_type = max(c.payloadType or 0 for c in video) + 1
     for profile in _EXTRA_H264_PROFILES:
         if profile in have:
             continue
@@ -368,24 +371,50 @@ def answer_h264_as_offered(pc: RTCPeerConnection) -> None:
                 codec.parameters["profile-level-id"] = theirs.parameters["profile-level-id"]
 
 
+class _NacksPerSsrc:
+    """aiortc's NackGenerator follows one sequence space; simulcast layers each have their own."""
+
+    def __init__(self) -> None:
+        self._by_ssrc: dict[int, NackGenerator] = {}
+        self.missing: set[int] = set()
+
+    def add(self, packet: RtpPacket) -> bool:
+        generator = self._by_ssrc.setdefault(packet.ssrc, NackGenerator())
+        missed = generator.add(packet)
+        self.missing = generator.missing  # read by the receiver right after a True
+        return missed
+
+
 def forward_one_layer(receiver: RTCRtpReceiver, rid: str) -> None:
-    """Let through only the simulcast layer `rid` (and its retransmissions); drop the others.
+    """Forward only the simulcast layer `rid`; call after `tap_receiver`.
 
     aiortc routes every unsignalled SSRC of a payload type to the one receiver
-    that has it, so all layers would meet in one jitter buffer. Each layer names
-    itself in the RTP stream id header extension (RFC 8852), at least until the
-    receiver reports on its SSRC; packets of an SSRC not yet named are dropped.
+    that has it, so all layers arrive here; each keeps its own receiver reports
+    and NACKs, and only the chosen layer reaches the tap. Each layer names
+    itself in the RTP stream id header extension (RFC 8852), at least in its
+    first packets. The receiver sends no REMB: aiortc's estimate follows the
+    incoming rate (about 1.8 times it), so a sender that starts its layers
+    from the lowest never gets the bandwidth to start the full one (Chromium
+    stays on its two lower layers for good); its own loss-based estimate does.
     """
     handle = receiver._handle_rtp_packet
-    layer: dict[int, bool] = {}  # SSRC -> whether it carries the chosen layer
+    layers: dict[int, bool] = {}  # SSRC -> whether it carries the chosen layer
 
-    async def one_layer(packet: RtpPacket, arrival_time_ms: int) -> None:
-        if packet.ssrc not in layer:
-            name = packet.extensions.rtp_stream_id or packet.extensions.repaired_rtp_stream_id
-            if name is None:
-                return
-            layer[packet.ssrc] = name == rid
-        if layer[packet.ssrc]:
-            await handle(packet, arrival_time_ms)
+    async def learn_layer(packet: RtpPacket, arrival_time_ms: int) -> None:
+        name = packet.extensions.rtp_stream_id
+        if name is not None and packet.ssrc not in layers:
+            layers[packet.ssrc] = name == rid
+        await handle(packet, arrival_time_ms)
 
-    receiver._handle_rtp_packet = one_layer  # type: ignore[method-assign]
+    receiver._handle_rtp_packet = learn_layer  # type: ignore[method-assign]
+    receiver._RTCRtpReceiver__nack_generator = _NacksPerSsrc()  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+    jitter_buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    tapped = jitter_buffer.add
+
+    def one_layer(packet: DepayloadedPacket) -> tuple[bool, None]:
+        if layers.get(packet.ssrc):
+            return tapped(packet)
+        return False, None
+
+    jitter_buffer.add = one_layer

@@ -57,10 +57,10 @@ class PublisherSession(Session):
         # Emitted inside setRemoteDescription, before any packet can arrive.
         receiver = transceiver_of(self.pc, track).receiver
         mime = self.codecs[track.kind]
-        if track.kind in self.layers:
-            aiortc_patch.forward_one_layer(receiver, self.layers[track.kind])
         self.stream.add_receiver(track.kind, receiver, mime.split("/")[1], CLOCK_RATES[track.kind],
                                  self.profiles.get(track.kind))
+        if track.kind in self.layers:
+            aiortc_patch.forward_one_layer(receiver, self.layers[track.kind])
         self.spawn(self._close_when_ended(track))
 
     async def _close_when_ended(self, track: MediaStreamTrack) -> None:

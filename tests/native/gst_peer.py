@@ -84,7 +84,8 @@ class Peer:
             video = (f"filesrc location={a.video_file} ! rawvideoparse width={a.width} height={a.height} "
                      f"format=i420 framerate=30/1 ! clocksync")
         else:
-            video = f"videotestsrc is-live=true pattern=smpte ! video/x-raw,width={a.width},height={a.height},framerate=30/1"
+            video = (f"videotestsrc is-live=true pattern=smpte ! "
+                     f"video/x-raw,width={a.width},height={a.height},framerate=30/1")
         return (
             "webrtcbin name=w bundle-policy=max-bundle "
             f"{video} ! videoconvert ! vp8enc deadline=1 keyframe-max-dist=30 ! rtpvp8pay ! {VIDEO_CAPS} ! w. "

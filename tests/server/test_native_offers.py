@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.client import WhipClient
+from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
+from relay.sdp import capabilities
 
-from ..conftest import RunningRelay, assert_problem, request
+from ..conftest import RunningRelay, assert_problem, first_stamp, make_offer, request
 
 OFFERS = Path(__file__).resolve().parents[1] / "offers"
 
@@ -165,3 +166,27 @@ async def test_an_offer_without_mid_is_refused_clearly(relay: RunningRelay) -> N
     assert "a=mid" not in sdp and "BUNDLE" not in sdp
     response, body = await request("POST", relay.url("/whip/nomid"), sdp, **{"Content-Type": "application/sdp"})
     assert_problem(response, body, 400, "a=mid")
+
+
+class HighProfilePublisher(WhipClient):
+    """Offers H.264 as Constrained High (640c1f) only, as OBS with x264 does; forwarding never looks inside."""
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        self.transceivers["video"].setCodecPreferences(capabilities("video/H264", "640c1f"))
+
+
+async def test_viewers_get_the_publishers_h264_profile_or_a_clear_422(relay: RunningRelay) -> None:
+    async with HighProfilePublisher(relay.url("/whip/high"), [TestPatternTrack(320, 240), ToneTrack()],
+                                    video_codec="H264"):
+        assert relay.ctx.streams.get("high").tracks["video"].profile == "640c1f"
+        async with WhepClient(relay.url("/whep/high")) as viewer:
+            assert await first_stamp(viewer)
+            assert viewer.pc is not None
+            answered = [line for line in viewer.pc.remoteDescription.sdp.splitlines() if line.startswith("a=fmtp:")]
+            assert any("profile-level-id=640c1f" in line for line in answered), answered
+        baseline = re.sub(r"profile-level-id=[0-9a-f]{6}", "profile-level-id=42e01f",
+                          await make_offer("recvonly", "video/H264"))
+        response, body = await request("POST", relay.url("/whep/high"), baseline,
+                                       **{"Content-Type": "application/sdp"})
+        assert_problem(response, body, 422, "640c1f", "42e01f")
