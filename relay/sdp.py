@@ -41,6 +41,7 @@ class Media:
     rid: str | None = None  # the one simulcast layer (RFC 8853) Relay forwards, when several are offered
     simulcast_answer: list[str] = field(default_factory=list)  # the answer's a=rid and a=simulcast lines
     rid_extmaps: list[str] = field(default_factory=list)  # the offer's a=extmap lines of RID_EXTENSIONS
+    passive: bool = False  # a=setup:passive: the offerer will be the DTLS server
 
 
 @dataclass
@@ -210,7 +211,8 @@ def parse_offer(text: str) -> Offer:
         keep.append(i)
         rid, simulcast_answer = _simulcast_layer(section)
         extmaps = [line for line in section if line.startswith("a=extmap:") and line.split()[-1] in RID_EXTENSIONS]
-        media.append(Media(m.kind, m.direction, list(m.rtp.codecs), m.rtp.muxId, rid, simulcast_answer, extmaps))
+        media.append(Media(m.kind, m.direction, list(m.rtp.codecs), m.rtp.muxId, rid, simulcast_answer, extmaps,
+                           passive=bool(m.dtls and m.dtls.role == "server")))
     if not media:
         raise SdpError("the SDP offer has no audio or video m= section")
     kinds = [m.kind for m in media]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from fractions import Fraction
 from typing import Any
 
@@ -37,7 +37,6 @@ from aiortc.mediastreams import convert_timebase
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtpPacket
-from aiortc.sdp import SessionDescription
 
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
@@ -225,16 +224,15 @@ def tune_encoder(
     sender._RTCRtpSender__encoder = _TunedEncoder(inner, bitrate, keyframe_interval)  # type: ignore[attr-defined]
 
 
-def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
+def answer_as_dtls_server(pc: RTCPeerConnection, passive: Collection[str] = ()) -> None:
     """Make the coming answer say a=setup:passive where the offer left the choice (active to a passive offer).
 
     aiortc answers actpass with active (DTLS client); GStreamer with an RSA
     certificate then meets aiortc's ECDSA-only client cipher list ("no shared
     cipher"). As DTLS server aiortc works with every client we know of. Call
-    between setRemoteDescription and createAnswer.
+    between setRemoteDescription and createAnswer, with the mids the offer set
+    `a=setup:passive` on.
     """
-    remote = SessionDescription.parse(pc.remoteDescription.sdp)
-    passive = {m.rtp.muxId for m in remote.media if m.dtls and m.dtls.role == "server"}
     for transceiver in pc.getTransceivers():
         transport = transceiver.receiver.transport
         if transport._role == "auto":
@@ -355,16 +353,14 @@ def _register_native_codecs() -> None:
 _register_native_codecs()
 
 
-def answer_h264_as_offered(pc: RTCPeerConnection) -> None:
-    """Answer H.264 with the profile-level-id the peer offered, not aiortc's own entry's.
+def answer_h264_as_offered(pc: RTCPeerConnection, offered: dict[str, list[RTCRtpCodecParameters]]) -> None:
+    """Answer H.264 with the profile-level-id the peer offered (`offered`: codecs by mid), not aiortc's entry's.
 
     RFC 6184 §8.2.2: the answer keeps the offered profile; aiortc would write the
     level of its registered entry. Call between setRemoteDescription and createAnswer.
     """
-    remote = SessionDescription.parse(pc.remoteDescription.sdp)
-    offered = {m.rtp.muxId: {c.payloadType: c for c in m.rtp.codecs} for m in remote.media}
     for transceiver in pc.getTransceivers():
-        codecs = offered.get(transceiver.mid or "", {})
+        codecs = {c.payloadType: c for c in offered.get(transceiver.mid or "", [])}
         for codec in transceiver._codecs:
             theirs = codecs.get(codec.payloadType)
             if codec.mimeType.lower() == "video/h264" and theirs and "profile-level-id" in theirs.parameters:

@@ -128,8 +128,8 @@ class Session:
             await self.pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         except (ValueError, OperationError) as exc:  # aiortc's checks: credentials, fingerprint, codecs
             raise OfferRejected(str(exc)) from None
-        aiortc_patch.answer_as_dtls_server(self.pc)
-        aiortc_patch.answer_h264_as_offered(self.pc)
+        aiortc_patch.answer_as_dtls_server(self.pc, {m.mid for m in offer.media if m.passive})
+        aiortc_patch.answer_h264_as_offered(self.pc, {m.mid: m.codecs for m in offer.media})
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return offer.complete(self.pc.localDescription.sdp)
 
