@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
@@ -68,3 +69,26 @@ def test_fragment_candidates_and_restart_credentials() -> None:
     assert fragment.candidates == ["candidate:1 1 udp 1 127.0.0.1 5000 typ host"]
     with pytest.raises(SdpError):
         parse_fragment("not sdp")
+
+
+CHROMIUM_SIMULCAST = (Path(__file__).parent / "offers" / "chromium-156-simulcast-publish.sdp").read_bytes().decode()
+
+
+@pytest.mark.parametrize("rids,simulcast,chosen", [
+    (["q send", "h send", "f send"], "q;h;f", "f"),  # Chromium's own sample names, low to high
+    (["l send", "m send", "h send"], "l;m;h", "h"),
+    (["0 send", "1 send", "2 send"], "0;1;2", "0"),  # OBS 32: layer 0 is full size
+    (["a send max-width=320;max-height=180", "b send max-width=1280;max-height=720", "c send max-width=640"],
+     "a;b;c", "b"),
+    (["x send", "y send"], "y;~x", "y"),  # nothing to go by: the first listed, paused or not
+])
+def test_the_full_simulcast_layer_is_chosen(rids: list[str], simulcast: str, chosen: str) -> None:
+    sdp = re.sub(r"(a=rid:.*\r\n)+a=simulcast:.*\r\n",
+                 "".join(f"a=rid:{rid}\r\n" for rid in rids) + f"a=simulcast:send {simulcast}\r\n",
+                 CHROMIUM_SIMULCAST)
+    assert f"a=simulcast:send {simulcast}" in sdp
+    offer = parse_offer(sdp)
+    video = offer.media[0]
+    assert video.rid == chosen
+    assert video.simulcast_answer[-1] == f"a=simulcast:recv {simulcast}"
+    assert "a=simulcast" not in offer.sdp and "a=rid" not in offer.sdp  # aiortc never sees them

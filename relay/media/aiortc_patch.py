@@ -38,6 +38,8 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtpPacket
 
+from relay.sdp import RID_EXTENSIONS
+
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
 
@@ -322,8 +324,6 @@ def use_fast_ntp_clock() -> None:
 # only when they are registered too.
 
 _EXTRA_H264_PROFILES = ("4d001f", "640c1f", "64001f")  # Main, Constrained High, High
-_RID_EXTENSIONS = ("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
-                   "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id")
 
 
 def _register_native_codecs() -> None:
@@ -345,7 +345,7 @@ def _register_native_codecs() -> None:
     extensions = aiortc.codecs.HEADER_EXTENSIONS["video"]
     used = {e.id for e in extensions}
     free = (i for i in range(1, 15) if i not in used)
-    for uri in _RID_EXTENSIONS:
+    for uri in RID_EXTENSIONS:
         if all(e.uri != uri for e in extensions):
             extensions.append(RTCRtpHeaderExtensionParameters(id=next(free), uri=uri))
 
