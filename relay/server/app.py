@@ -14,6 +14,7 @@ from relay.server import (
     api,
     auth,
     connections,
+    data_api,
     endpoint,
     events,
     health,
@@ -107,6 +108,7 @@ def create_app(config: Config) -> web.Application:
     openapi.add_routes(app)
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
+    data_api.add_routes(app)  # data channels and the chat over HTTP
     pages.add_routes(app)
 
     async def close_sessions(app: web.Application) -> None:
