@@ -160,25 +160,28 @@ async def chat_load(base: str, pid: int, seconds: float, rate: float, idle: floa
             async with http.post(url, json={"name": "bench", "text": f"message {n} " + "x" * 80}) as response:
                 response.raise_for_status()
 
-        posts = []
+        sent = 0
         before, started = cpu_seconds(pid), time.monotonic()
-        while time.monotonic() - started < seconds:  # on schedule, whatever each POST takes
-            posts.append(asyncio.ensure_future(post(len(posts))))
-            await asyncio.sleep(max(0.0, len(posts) / rate - (time.monotonic() - started)))
-        await asyncio.gather(*posts)
+        while time.monotonic() - started < seconds:  # one at a time, at most `rate` a second
+            await post(sent)
+            sent += 1
+            await asyncio.sleep(max(0.0, sent / rate - (time.monotonic() - started)))
         used = cpu_seconds(pid) - before
         elapsed = time.monotonic() - started
-        sent = len(posts)
         deliveries = sent * viewers
         deadline = time.monotonic() + 10
         while counts[0] - received_before < deliveries and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         async with http.get(f"{base}/metrics") as response:
-            dropped = next(float(line.split()[1]) for line in (await response.text()).splitlines()
-                           if line.startswith("relay_data_messages_dropped_total"))
+            metrics = {line.split()[0]: float(line.split()[1]) for line in (await response.text()).splitlines()
+                       if line.startswith("relay_data_messages_")}
+        async with http.get(f"{base}/api/streams/{STREAM}") as response:
+            readers = (await response.json())["chat"]["readers"]
+        dropped = metrics.get("relay_data_messages_dropped_total", 0)
     extra = used - idle / 100 * elapsed
     return {"messages": sent, "rate": round(sent / elapsed, 1), "deliveries": deliveries,
-            "received": counts[0] - received_before, "dropped": int(dropped),
+            "received": counts[0] - received_before, "dropped": int(dropped), "chat_readers": readers,
+            "server_messages_out": metrics.get("relay_data_messages_out_total"),
             "cpu_percent": round(100 * used / elapsed, 1),
             "us_per_message_per_recipient": round(1e6 * extra / deliveries, 1) if deliveries else None}
 
