@@ -14,6 +14,7 @@ from relay.server import (
     api,
     auth,
     connections,
+    data_api,
     endpoint,
     events,
     health,
@@ -93,6 +94,7 @@ def create_app(config: Config) -> web.Application:
     aiortc_patch.restrict_host_addresses(config.ice.host_addresses)
     aiortc_patch.set_consent_timeout(config.ice.consent_timeout)
     aiortc_patch.use_fast_ntp_clock()
+    aiortc_patch.enlarge_receive_buffers()  # data channel bursts (see there)
     app = web.Application(
         middlewares=[cors_middleware(config.server.cors_origins), problem_middleware,
                      limits.rate_limit_middleware(config.limits)],
@@ -107,6 +109,7 @@ def create_app(config: Config) -> web.Application:
     openapi.add_routes(app)
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
+    data_api.add_routes(app)  # data channels and the chat over HTTP
     pages.add_routes(app)
 
     async def close_sessions(app: web.Application) -> None:
