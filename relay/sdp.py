@@ -58,17 +58,22 @@ class Offer:
     sdp: str
     media: list[Media]
     rejected: dict[int, list[str]] = field(default_factory=dict)  # m= index -> the answer's section
+    data: set[int] = field(default_factory=set)  # m= indexes of the data channel (SCTP) section
 
     def kinds(self) -> list[str]:
         return [m.kind for m in self.media]
 
     def complete(self, answer: str) -> str:
         session, sections = _split(answer)
-        taken = iter(zip(sections, self.media, strict=True))
+        answered = iter(sections)
+        taken = ((section, media) for section, media in zip(answered, self.media, strict=False))
         out = list(session)
         for index in range(len(sections) + len(self.rejected)):
             if index in self.rejected:
                 out += self.rejected[index]
+                continue
+            if index in self.data:  # aiortc answered the data channel section itself
+                out += next(answered)
                 continue
             section, media = next(taken)
             out += section
@@ -198,8 +203,12 @@ def parse_offer(text: str) -> Offer:
         raise SdpError(f"the SDP offer could not be parsed ({type(exc).__name__}: {exc})") from None
     session, sections = _split(text)
     bundled = {str(mid) for group in description.group if group.semantic == "BUNDLE" for mid in group.items}
-    media, keep, rejected = [], [], {}
+    media, keep, rejected, data = [], [], {}, set()
     for i, (m, section) in enumerate(zip(description.media, sections, strict=True)):
+        if m.kind == "application" and "SCTP" in m.profile and not data and _answered(section, bundled):
+            keep.append(i)  # a data channel: aiortc answers it (see relay/media/datachannels.py)
+            data.add(i)
+            continue
         if m.kind not in ("audio", "video") or not _answered(section, bundled):
             rejected[i] = _rejection(section)
             continue
@@ -228,7 +237,7 @@ def parse_offer(text: str) -> Offer:
             raise SdpError(f"the {m.kind} m= section has no a=fingerprint and a=setup: DTLS-SRTP needs "
                            "the certificate's fingerprint (RFC 8122)")
     _check_bundle(description, {description.media[i].rtp.muxId for i in keep})
-    return Offer(_for_aiortc(session, sections, keep), media, rejected)
+    return Offer(_for_aiortc(session, sections, keep), media, rejected, data)
 
 
 def _check_bundle(description: SessionDescription, answered: set[str]) -> None:

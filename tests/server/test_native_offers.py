@@ -96,25 +96,37 @@ a=rtpmap:96 VP8/90000
 """
 
 
-@pytest.mark.parametrize("extra,bundle", [(DATA_CHANNEL, True), (DATA_CHANNEL, False), (DISABLED_VIDEO, False)],
-                         ids=["datachannel-bundled", "datachannel", "port-0-video"])
-async def test_sections_relay_does_not_take_are_answered_rejected(relay: RunningRelay, extra: str,
-                                                                   bundle: bool) -> None:
-    """A data channel, or a second video with port 0 outside BUNDLE, gets port 0 in its place."""
-    answer = await answer_to(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"), extra, bundle))
+REJECTED_DATA_CHANNEL = DATA_CHANNEL.replace("m=application 9", "m=application 0")
+
+
+@pytest.mark.parametrize("extra", [REJECTED_DATA_CHANNEL, DISABLED_VIDEO], ids=["port-0-datachannel", "port-0-video"])
+async def test_sections_relay_does_not_take_are_answered_rejected(relay: RunningRelay, extra: str) -> None:
+    """A port-0 section outside BUNDLE (not bundle-only) is rejected: port 0 in its place, its mid kept."""
+    answer = await answer_to(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"), extra))
     assert len(answer) == 3
     video, audio, rejected = answer
     assert video.split()[1] != "0" and attribute(audio, "recvonly") == [""]
     assert rejected.split()[:3] == [*extra.split()[:1], "0", extra.split()[2]]
     assert attribute(rejected, "mid") == attribute(extra, "mid")
-    bundled = attribute("\n".join(answer), "group:BUNDLE")  # session level, before the first m=
-    assert not bundled
 
 
 async def test_the_answer_bundles_only_the_answered_sections(relay: RunningRelay) -> None:
-    status, body = await post(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"), DATA_CHANNEL, True))
+    status, body = await post(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"), DISABLED_VIDEO,
+                                                               True).replace("a=mid:3", "a=mid:3\r\na=bundle-only"))
+    assert status == 400 and "one video" in str(body)  # a second video is media to answer, and one too many
+    status, body = await post(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"), DISABLED_VIDEO))
     assert status == 201 and isinstance(body, str)
     assert re.search(r"^a=group:BUNDLE 0 1\r?$", body, flags=re.M), body
+
+
+@pytest.mark.parametrize("bundle", [True, False], ids=["bundled", "own-transport"])
+async def test_a_data_channel_section_is_answered(relay: RunningRelay, bundle: bool) -> None:
+    """m=application (SCTP) is answered in its place, for Relay's data channels (docs/datachannels.md)."""
+    video, audio, data = await answer_to(relay, "/whip/cam", with_section(offer("chromium-156-publish.sdp"),
+                                                                         DATA_CHANNEL, bundle))
+    assert video.startswith("m=video ") and audio.startswith("m=audio ")
+    assert data.startswith("m=application ") and data.split()[1] != "0", data
+    assert attribute(data, "mid") == ["2"] and attribute(data, "sctp-port")
 
 
 async def test_obs_offer_audio_first_h264_high(relay: RunningRelay) -> None:
