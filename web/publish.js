@@ -3,11 +3,11 @@
  * Test hook: window.relayPublish = { state, pc, session, stream }
  *   state: "idle" | "starting" | "connecting" | "live" | "failed" | "stopped"
  */
-import { WhipSession, StatsMeter } from "/static/relay-client.js";
+import { WhipSession, StatsMeter } from "./relay-client.js";
 import {
   $, h, setStatus, showMessage, describeError, streamNameFromPath, watchViewerCount,
   formatBitrate, formatResolution, formatNumber, STREAM_NAME_RE,
-} from "/static/ui.js";
+} from "./ui.js";
 
 const name = streamNameFromPath();
 const ui = {
@@ -129,7 +129,7 @@ async function start() {
 
   const token = ui.token.value.trim();
   sessionStorage.setItem("relay.token", token);
-  const session = new WhipSession(`/whip/${encodeURIComponent(name)}`, { token, onstate: onSessionState });
+  const session = new WhipSession(`whip/${encodeURIComponent(name)}`, { token, onstate: onSessionState });
   app.session = session;
   app.pc = session.pc;
   setState("connecting");
@@ -183,7 +183,7 @@ function init() {
   document.title = `Relay — Publish ${name}`;
   $("#stream-name").textContent = name;
   const watchLink = $("#watch-link");
-  watchLink.href = `/watch/${encodeURIComponent(name)}`;
+  watchLink.href = `watch/${encodeURIComponent(name)}`;
   watchLink.textContent = new URL(watchLink.href, location.href).href;
   ui.token.value = new URLSearchParams(location.search).get("token") || sessionStorage.getItem("relay.token") || "";
   if (!RTCRtpSender.getCapabilities?.("video")?.codecs.some((c) => /h264/i.test(c.mimeType))) {

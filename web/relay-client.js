@@ -186,7 +186,7 @@ export class RelaySession extends EventTarget {
     token = "", iceServers = [], gatherTimeout = 2000, connectTimeout = 15000, disconnectTimeout = 2000, onstate,
   } = {}) {
     super();
-    this.endpoint = new URL(endpoint, location.href).href;
+    this.endpoint = new URL(endpoint, document.baseURI).href;
     this.token = token;
     this.gatherTimeout = gatherTimeout;
     this.connectTimeout = connectTimeout;

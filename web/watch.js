@@ -4,15 +4,15 @@
  * Test hook: window.relayWatch = { state, pc, session }
  *   state: "connecting" | "live" | "waiting" | "failed"
  */
-import { WhepSession, StatsMeter, RelayError, withRetry, sleep } from "/static/relay-client.js";
+import { WhepSession, StatsMeter, RelayError, withRetry, sleep } from "./relay-client.js";
 import {
   $, setStatus, describeError, streamNameFromPath, watchStreams,
   formatBitrate, formatResolution, formatNumber,
-} from "/static/ui.js";
+} from "./ui.js";
 
 const name = streamNameFromPath();
 const token = new URLSearchParams(location.search).get("token") || "";
-let endpoint = `/whep/${encodeURIComponent(name)}`;
+let endpoint = `whep/${encodeURIComponent(name)}`;
 
 const ui = {
   status: $("#status"),
