@@ -1,10 +1,12 @@
 /**
  * Viewer page (/watch/NAME): WHEP POST /whep/NAME, waits while the stream is offline and
  * reconnects by itself.
+ * `?ice=relay` plays only through the server's TURN relays (iceTransportPolicy "relay"): to check
+ * a TURN server, or to hide the viewer's address from the server.
  * Test hook: window.relayWatch = { state, pc, session }
  *   state: "connecting" | "live" | "waiting" | "failed"
  */
-import { WhepSession, StatsMeter, RelayError, withRetry, sleep } from "./relay-client.js";
+import { WhepSession, StatsMeter, RelayError, withRetry, sleep, discoverIceServers } from "./relay-client.js";
 import {
   $, setStatus, describeError, streamNameFromPath, watchStreams,
   formatBitrate, formatResolution, formatNumber,
@@ -12,6 +14,7 @@ import {
 
 const name = streamNameFromPath();
 const token = new URLSearchParams(location.search).get("token") || "";
+const relayOnly = new URLSearchParams(location.search).get("ice") === "relay";
 let endpoint = `whep/${encodeURIComponent(name)}`;
 
 const ui = {
@@ -61,8 +64,10 @@ function setState(state, message = "") {
 
 /** One WHEP attempt; resolves with a session whose answer is applied. */
 async function connect() {
+  const ice = relayOnly ? { iceTransportPolicy: "relay", iceServers: await discoverIceServers(endpoint, token) } : {};
   const session = new WhepSession(endpoint, {
     token,
+    ...ice,
     onstate: (state) => {
       if (state === "live" && app.session === session) setState("live");
     },
