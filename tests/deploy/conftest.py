@@ -9,7 +9,8 @@ test without one is skipped, or fails under RELAY_REQUIRE_BROWSER=1 (CI).
 Helpers:
   require(tool)                  the tool's path, or skip/fail
   run(*command)                  a command that must succeed
-  doc_snippet(name)              a fenced block of docs/deploy.md, by the marker above it
+  doc_snippet(name, {old: new})  a fenced block of docs/deploy.md, by the marker above it, the doc's
+                                 example addresses and paths replaced by the test's
   pin_host_addresses(address)    this process's aiortc peers gather on `address` until the test ends
 """
 
@@ -21,9 +22,12 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from relay.config import load_config
 from relay.media.aiortc_patch import restrict_host_addresses
 from tests.browser.conftest import _unavailable, chromium_browser, new_page  # noqa: F401  (fixtures)
 
@@ -82,9 +86,29 @@ def pin_host_addresses() -> Iterator[object]:
     restrict_host_addresses(LOOPBACK["ice"]["host_addresses"])
 
 
-def doc_snippet(name: str) -> str:
-    """The fenced code block after `<!-- snippet: name -->` in docs/deploy.md (what the doc shows is what runs)."""
+# The doc's example host: its public and private addresses, as the tests' network has them.
+DOC_ADDRESSES = {"203.0.113.10": SERVER_IP, "10.0.0.5": SERVER_IP}
+
+
+def doc_snippet(name: str, replace: dict[str, str] | None = None) -> str:
+    """The fenced code block after `<!-- snippet: name -->` in docs/deploy.md (what the doc shows is what runs).
+
+    Each key of `replace` (and of DOC_ADDRESSES) must occur in it: a doc that changed fails the test.
+    """
     text = DEPLOY_DOC.read_text()
     match = re.search(rf"<!-- snippet: {re.escape(name)} -->\s*```[a-z]*\n(.*?)```", text, re.S)
     assert match, f"docs/deploy.md has no snippet {name!r}"
-    return match.group(1)
+    snippet = match.group(1)
+    for old, new in (replace or {}).items():
+        assert old in snippet, f"docs/deploy.md snippet {name!r} no longer has {old!r}"
+        snippet = snippet.replace(old, new)
+    for old, new in DOC_ADDRESSES.items():
+        snippet = snippet.replace(old, new)
+    return snippet
+
+
+def doc_config(name: str, replace: dict[str, str] | None = None) -> dict[str, Any]:
+    """A YAML snippet of docs/deploy.md as settings (checked by the config loader)."""
+    data = yaml.safe_load(doc_snippet(name, replace))
+    load_config(data=data)
+    return dict(data)

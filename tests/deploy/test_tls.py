@@ -6,6 +6,7 @@ Chromium publishes its camera from the https:// publish page on a non-loopback a
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from relay.cli.main import main
 
 from ..browser.conftest import assert_playing, page_errors, wait_js
 from ..conftest import spawn_relay
-from .conftest import SERVER_IP
+from .conftest import SERVER_IP, doc_snippet
 
 
 def make_cert(tmp_path: Path, *hosts: str) -> tuple[Path, Path]:
@@ -43,9 +44,14 @@ def test_serve_refuses_a_key_that_is_not_the_certificates(tmp_path: Path, capsys
 
 async def test_chromium_publishes_over_https_and_a_viewer_plays(
         tmp_path: Path, test_network: None, new_page: Any) -> None:
-    cert_path, key_path = make_cert(tmp_path, SERVER_IP)
-    server = spawn_relay(tmp_path, {"server": {"host": "0.0.0.0"}, "ice": {"host_addresses": [SERVER_IP]}},
-                         args=["--tls-cert", str(cert_path), "--tls-key", str(key_path)])
+    """The two commands of docs/deploy.md's "dev-tls" snippet, on SERVER_IP."""
+    tls = tmp_path / "tls"
+    snippet = doc_snippet("dev-tls", {"192.168.1.20": SERVER_IP, "--out tls": f"--out {tls}", " tls/": f" {tls}/"})
+    cert_command, serve_command = (shlex.split(line) for line in snippet.splitlines())
+    assert cert_command[:2] == ["relay", "cert"] and serve_command[:2] == ["relay", "serve"]
+    assert main(cert_command[1:]) == 0
+    server = spawn_relay(tmp_path, {"ice": {"host_addresses": [SERVER_IP]}}, args=serve_command[2:])
+    assert server.scheme == "https"
     try:
         origin = f"https://{SERVER_IP}:{server.port}"
         publisher = await new_page()

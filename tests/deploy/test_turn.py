@@ -19,11 +19,11 @@ from relay.client import WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
 from ..browser.conftest import assert_playing, page_errors
-from ..conftest import poll_until, relay_with, request
-from .conftest import SERVER_IP, require
+from ..conftest import merge, poll_until, relay_with, request
+from .conftest import SERVER_IP, doc_config, doc_snippet, require
 
 TURN_PORT = 3478
-USER, PASSWORD = "relay", "s3cret-for-tests"
+USER, PASSWORD = "relay", "change-this-secret"  # as docs/deploy.md has them
 TURN_URL = f"turn:{SERVER_IP}:{TURN_PORT}?transport=udp"
 
 SELECTED_PAIR_JS = """
@@ -43,15 +43,13 @@ def udp_listening(port: int) -> bool:
 
 @pytest.fixture
 def coturn(test_network: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Debian's turnserver on SERVER_IP with one static long-term-credential user."""
+    """Debian's turnserver on SERVER_IP with docs/deploy.md's turnserver.conf (one static user)."""
     binary = require("turnserver")
+    conf = tmp_path / "turnserver.conf"
+    conf.write_text(doc_snippet("turnserver") + "\n".join([  # where this test's files go
+        "log-file=stdout", "simple-log", f"userdb={tmp_path / 'turndb'}", f"pidfile={tmp_path / 'turn.pid'}", ""]))
     log = (tmp_path / "turnserver.log").open("wb")
-    process = subprocess.Popen([
-        binary, "-n", "--log-file=stdout", "--simple-log", "--no-cli", "--no-tls", "--no-dtls",
-        f"--listening-ip={SERVER_IP}", f"--relay-ip={SERVER_IP}", f"--listening-port={TURN_PORT}",
-        "--min-port=49160", "--max-port=49200", "--lt-cred-mech", f"--user={USER}:{PASSWORD}",
-        "--realm=relay.test", f"--userdb={tmp_path / 'turndb'}", f"--pidfile={tmp_path / 'turn.pid'}",
-    ], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
             if udp_listening(TURN_PORT) or process.poll() is not None:
@@ -70,8 +68,8 @@ def coturn(test_network: None, tmp_path: Path) -> Iterator[subprocess.Popen[byte
 
 
 async def test_a_relay_only_viewer_plays_through_coturn(coturn: Any, new_page: Any, tmp_path: Path) -> None:
-    settings = {"ice": {"host_addresses": [SERVER_IP],
-                        "servers": [{"urls": [TURN_URL], "username": USER, "credential": PASSWORD}]}}
+    settings = merge(doc_config("config-turn"), {"ice": {"host_addresses": [SERVER_IP]}})
+    assert settings["ice"]["servers"] == [{"urls": [TURN_URL], "username": USER, "credential": PASSWORD}]
     async with relay_with(settings) as relay:
         link = (f'<{TURN_URL}>; rel="ice-server"; username="{USER}"; credential="{PASSWORD}"; '
                 'credential-type="password"')

@@ -42,7 +42,8 @@ async def test_only_trusted_proxies_name_the_client(trusted: list[str], headers:
 
 
 async def test_the_rate_limiter_counts_clients_behind_a_trusted_proxy() -> None:
-    settings = {"server": {"trusted_proxies": ["127.0.0.1"]}, "limits": {"request_burst": 1, "requests_per_second": 0.1}}
+    settings = {"server": {"trusted_proxies": ["127.0.0.1"]},
+                "limits": {"request_burst": 1, "requests_per_second": 0.1}}
     async with relay_with(settings) as relay:
         statuses = []
         for client in ("203.0.113.1", "203.0.113.2", "203.0.113.2"):
