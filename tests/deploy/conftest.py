@@ -75,7 +75,7 @@ def test_network() -> Iterator[None]:
     finally:
         subprocess.run(["ip", "link", "del", "rly0"], capture_output=True, timeout=30)
         if shutil.which("iptables") or os.path.exists("/usr/sbin/iptables"):
-            for table in ("filter", "nat"):
+            for table in ("filter", "nat", "raw"):
                 subprocess.run([require("iptables"), "-t", table, "-F"], capture_output=True, timeout=30)
 
 
