@@ -96,9 +96,9 @@ def ice_server_links(config: Config) -> list[str]:
 
 
 def created(request: web.Request, session: Session, answer: str, links: list[str]) -> web.Response:
-    response = web.Response(status=201, text=answer, content_type=SDP)
-    response.headers["Location"] = base_path(request) + session.path
     config = context(request).config
+    response = web.Response(status=201, text=answer, content_type=SDP)
+    response.headers["Location"] = base_path(request) + session.path  # behind a proxy: under its prefix
     response.headers["ETag"] = session.etag
     response.headers["Accept-Patch"] = SDPFRAG
     for link in ice_server_links(config) + links:

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from relay.config import load_config
-from relay.media.aiortc_patch import restrict_host_addresses
+from relay.media.aiortc_patch import restrict_host_addresses, set_port_range
 from tests.browser.conftest import _unavailable, chromium_browser, new_page  # noqa: F401  (fixtures)
 
 from ..conftest import LOOPBACK
@@ -80,10 +80,9 @@ def test_network() -> Iterator[None]:
 
 
 @pytest.fixture
-def pin_host_addresses() -> Iterator[object]:
+def pin_host_addresses() -> object:
     """Call it with an address: this process's aiortc peers gather only there, until the test ends."""
-    yield lambda address: restrict_host_addresses([address])
-    restrict_host_addresses(LOOPBACK["ice"]["host_addresses"])
+    return lambda address: restrict_host_addresses([address])
 
 
 # The doc's example host: its public and private addresses, as the tests' network has them.
@@ -112,3 +111,11 @@ def doc_config(name: str, replace: dict[str, str] | None = None) -> dict[str, An
     data = yaml.safe_load(doc_snippet(name, replace))
     load_config(data=data)
     return dict(data)
+
+
+@pytest.fixture(autouse=True)
+def _process_wide_ice_settings() -> Iterator[None]:
+    """An in-process Relay sets aioice's host addresses and port range for the whole process: undo it."""
+    yield
+    restrict_host_addresses(LOOPBACK["ice"]["host_addresses"])
+    set_port_range([])
