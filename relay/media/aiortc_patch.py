@@ -78,6 +78,8 @@ def _check() -> None:
         (aioice.ice.Connection.get_component_candidates, "get_running_loop"),
         (aioice.turn.create_turn_endpoint, "create_datagram_endpoint"),
         (aioice.turn.create_turn_endpoint, "get_running_loop"),
+        (aioice.ice.Connection.gather_candidates, "_transport_policy"),
+        (aioice.ice.Connection.gather_candidates, "_use_ipv4"),
     ]
     for func, name in needs:
         if name not in func.__code__.co_names:
