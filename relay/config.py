@@ -8,6 +8,8 @@ being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +19,9 @@ from typing import Any
 import yaml
 
 from relay.names import STREAM_NAME_RULE, token_problem, valid_stream_name
+
+# A path prefix a reverse proxy serves Relay under: /relay, /live/relay (no trailing slash).
+BASE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 
 class ConfigError(ValueError):
@@ -33,6 +38,11 @@ class ServerConfig:
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     shutdown_grace: float = 5.0
+    # Deployment (docs/deploy.md): TLS, and running behind a reverse proxy.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    trusted_proxies: list[str] = field(default_factory=list)
+    base_path: str = ""
 
 
 @dataclass
@@ -48,6 +58,10 @@ class IceConfig:
     host_addresses: list[str] = field(default_factory=list)
     connect_timeout: float = 10.0
     consent_timeout: float = 10.0
+    # Deployment (docs/deploy.md): NAT, firewalls.
+    public_addresses: list[str] = field(default_factory=list)
+    keep_private_candidates: bool = False
+    port_range: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -221,10 +235,36 @@ def validate(config: Config) -> None:
         raise ConfigError("forwarding.takeover_idle: 0 (only with the publish token) or a number of seconds")
     if config.forwarding.viewer_queue_frames < 2:
         raise ConfigError("forwarding.viewer_queue_frames: must be at least 2")
+    _validate_deployment(config)
     _validate_recording(config.recording)
     _validate_auth(config.auth)
     _validate_limits(config.limits)
     _validate_data(config.data, config.chat)
+
+
+def _validate_deployment(config: Config) -> None:
+    """TLS files, proxies, path prefix, public addresses and the port range."""
+    server, ice = config.server, config.ice
+    if (server.tls_cert is None) != (server.tls_key is None):
+        raise ConfigError("server.tls_cert, server.tls_key: give both (a PEM certificate chain and its key) or neither")
+    for i, proxy in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies[{i}]: {proxy!r} is not an address or CIDR "
+                              "(e.g. 127.0.0.1 or 10.0.0.0/8)") from None
+    if server.base_path and not BASE_PATH.fullmatch(server.base_path):
+        raise ConfigError(f"server.base_path: {server.base_path!r} must be \"\" or a path like /relay "
+                          "(leading slash, no trailing slash, letters, digits, - _ . ~ /)")
+    for i, address in enumerate(ice.public_addresses):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"ice.public_addresses[{i}]: {address!r} is not an IP address") from None
+    if ice.port_range:
+        if len(ice.port_range) != 2 or not 1024 <= ice.port_range[0] <= ice.port_range[1] <= 65535:
+            raise ConfigError(f"ice.port_range: {ice.port_range} must be [] (any port) or [low, high] "
+                              "with 1024 <= low <= high <= 65535")
 
 
 def _validate_recording(recording: RecordingConfig) -> None:

@@ -203,7 +203,7 @@ def parse_offer(text: str) -> Offer:
         raise SdpError(f"the SDP offer could not be parsed ({type(exc).__name__}: {exc})") from None
     session, sections = _split(text)
     bundled = {str(mid) for group in description.group if group.semantic == "BUNDLE" for mid in group.items}
-    media, keep, rejected, data = [], [], {}, set()
+    media, keep, rejected, data = [], [], {}, set[int]()
     for i, (m, section) in enumerate(zip(description.media, sections, strict=True)):
         if m.kind == "application" and "SCTP" in m.profile and not data and _answered(section, bundled):
             keep.append(i)  # a data channel: aiortc answers it (see relay/media/datachannels.py)

@@ -20,6 +20,7 @@ import asyncio
 import gc
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -122,9 +123,10 @@ class RelayProcess:
 
     process: subprocess.Popen[bytes]
     port: int
+    scheme: str = "http"
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
@@ -133,18 +135,26 @@ class RelayProcess:
 
 
 def spawn_relay(tmp_path: Path, settings: dict[str, Any] | None = None,
-                script: list[str] | None = None, env: dict[str, str] | None = None) -> RelayProcess:
-    """Start a server process on a free port with LOOPBACK settings; wait until it answers."""
+                script: list[str] | None = None, env: dict[str, str] | None = None,
+                args: list[str] | None = None) -> RelayProcess:
+    """Start a server process on a free port with LOOPBACK settings; wait until it answers.
+
+    `args` are added to `relay serve`'s command line; with --tls-cert it serves (and is polled
+    over) HTTPS, its certificate unchecked.
+    """
     port = free_port()
     config = tmp_path / "relay.yaml"
     config.write_text(yaml.safe_dump(merge(merge(LOOPBACK, {"server": {"port": port}}), settings or {})))
-    command = [sys.executable, *(script or ["-m", "relay"]), *([] if script else ["serve"]), "--config", str(config)]
+    command = [sys.executable, *(script or ["-m", "relay"]), *([] if script else ["serve"]), "--config", str(config),
+               *(args or [])]
+    scheme = "https" if "--tls-cert" in (args or []) else "http"
     process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 20
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/streams", timeout=1).close()
-            return RelayProcess(process, port)
+            urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/api/streams", timeout=1,
+                                   context=ssl._create_unverified_context()).close()
+            return RelayProcess(process, port, scheme)
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()

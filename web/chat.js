@@ -6,7 +6,7 @@
  * Each new session (the watch page reconnects by itself) gets the history again and is re-joined
  * under the name chosen before.
  */
-import { h } from "/static/ui.js";
+import { h } from "./ui.js";
 
 export const CHAT_LABEL = "chat";
 const NAME_KEY = "relay.chat.name";

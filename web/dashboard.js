@@ -6,8 +6,8 @@
 import {
   $, h, setStatus, watchStreams, withToken, formatBitrate, formatBytes, formatDuration, formatResolution,
   STREAM_NAME_RE,
-} from "/static/ui.js";
-import { RelayError } from "/static/relay-client.js";
+} from "./ui.js";
+import { RelayError } from "./relay-client.js";
 
 const UPDATE_MODES = { events: "live updates", polling: "polling", offline: "server unreachable" };
 
@@ -28,7 +28,7 @@ function mountStreamsSection({ onMode, onRecordingChange }) {
   const createRow = (name) => {
     const cell = (label, cls = null) => h("td", { "data-label": label, class: cls });
     const cells = {
-      name: h("td", { class: "name" }, h("a", { href: `/watch/${encodeURIComponent(name)}` }, name)),
+      name: h("td", { class: "name" }, h("a", { href: `watch/${encodeURIComponent(name)}` }, name)),
       state: cell("State"),
       viewers: cell("Viewers", "num"),
       video: cell("Video"),
@@ -37,8 +37,8 @@ function mountStreamsSection({ onMode, onRecordingChange }) {
       uptime: cell("Uptime", "num"),
       recording: cell("Recording"),
       actions: h("td", { class: "actions-cell" }, h("div", { class: "actions" },
-        h("a", { class: "btn btn-small btn-primary", href: `/watch/${encodeURIComponent(name)}` }, "Watch"),
-        h("a", { class: "btn btn-small", href: `/publish/${encodeURIComponent(name)}` }, "Publish"),
+        h("a", { class: "btn btn-small btn-primary", href: `watch/${encodeURIComponent(name)}` }, "Watch"),
+        h("a", { class: "btn btn-small", href: `publish/${encodeURIComponent(name)}` }, "Publish"),
         h("button", { class: "btn btn-small", type: "button", "data-action": "record" }, "Record"))),
     };
     cells.state.append(h("span", { class: "pill" }));
@@ -136,8 +136,8 @@ function mountRecordingsSection() {
 
   const refresh = async (name = null, on = false) => {
     try {
-      if (name) await call(on ? "POST" : "DELETE", `/api/streams/${encodeURIComponent(name)}/recording`);
-      const { recordings } = await call("GET", withToken("/api/recordings"));
+      if (name) await call(on ? "POST" : "DELETE", `api/streams/${encodeURIComponent(name)}/recording`);
+      const { recordings } = await call("GET", withToken("api/recordings"));
       tbody.replaceChildren(...recordings.map(row));
       empty.hidden = recordings.length > 0;
       count.textContent = recordings.length ? `${recordings.length} file${recordings.length === 1 ? "" : "s"}` : "";
@@ -168,7 +168,7 @@ function mountPublishForm() {
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const name = validate();
-    if (name) location.assign(`/publish/${encodeURIComponent(name)}`);
+    if (name) location.assign(`publish/${encodeURIComponent(name)}`);
     else input.focus();
   });
 }

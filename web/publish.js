@@ -4,12 +4,12 @@
  * Test hook: window.relayPublish = { state, pc, session, stream, chat }
  *   state: "idle" | "starting" | "connecting" | "live" | "failed" | "stopped"
  */
-import { WhipSession, StatsMeter } from "/static/relay-client.js";
-import { ChatPanel, CHAT_LABEL } from "/static/chat.js";
+import { WhipSession, StatsMeter } from "./relay-client.js";
+import { ChatPanel, CHAT_LABEL } from "./chat.js";
 import {
   $, h, setStatus, showMessage, describeError, streamNameFromPath, watchViewerCount,
   formatBitrate, formatResolution, formatNumber, STREAM_NAME_RE,
-} from "/static/ui.js";
+} from "./ui.js";
 
 const name = streamNameFromPath();
 const ui = {
@@ -131,7 +131,7 @@ async function start() {
 
   const token = ui.token.value.trim();
   sessionStorage.setItem("relay.token", token);
-  const session = new WhipSession(`/whip/${encodeURIComponent(name)}`, {
+  const session = new WhipSession(`whip/${encodeURIComponent(name)}`, {
     token, onstate: onSessionState, dataChannels: [CHAT_LABEL],
   });
   app.session = session;
@@ -189,7 +189,7 @@ function init() {
   document.title = `Relay — Publish ${name}`;
   $("#stream-name").textContent = name;
   const watchLink = $("#watch-link");
-  watchLink.href = `/watch/${encodeURIComponent(name)}`;
+  watchLink.href = `watch/${encodeURIComponent(name)}`;
   watchLink.textContent = new URL(watchLink.href, location.href).href;
   ui.token.value = new URLSearchParams(location.search).get("token") || sessionStorage.getItem("relay.token") || "";
   if (!RTCRtpSender.getCapabilities?.("video")?.codecs.some((c) => /h264/i.test(c.mimeType))) {

@@ -103,6 +103,24 @@ export function iceServersFromLinks(links) {
     });
 }
 
+/**
+ * Ask an endpoint for its STUN/TURN servers before gathering (a plain OPTIONS carries the
+ * `rel="ice-server"` links, RFC 9725 §4.6): a peer that may use only TURN relays needs them then.
+ * @param {string} endpoint WHIP/WHEP endpoint URL
+ * @param {string} [token]
+ * @returns {Promise<RTCIceServer[]>} [] when the server lists none or cannot be asked
+ */
+export async function discoverIceServers(endpoint, token = "") {
+  try {
+    const res = await fetch(new URL(endpoint, document.baseURI).href, {
+      method: "OPTIONS", headers: token ? { Authorization: `Bearer ${token}` } : {},
+    });
+    return res.ok ? iceServersFromLinks(parseLinkHeader(res.headers.get("Link"))) : [];
+  } catch {
+    return [];
+  }
+}
+
 function relIncludes(link, rel) {
   return (link.params.rel || "").split(/\s+/).includes(rel);
 }
@@ -177,20 +195,21 @@ export async function withRetry(attempt, {
 export class RelaySession extends EventTarget {
   /**
    * @param {string} endpoint WHIP/WHEP endpoint URL (absolute or relative to the page)
-   * @param {{token?: string, iceServers?: RTCIceServer[], gatherTimeout?: number, connectTimeout?: number,
-   *          disconnectTimeout?: number, dataChannels?: string[],
-   *          onstate?: (state: string, session: RelaySession) => void}} [options]
+   * @param {{token?: string, iceServers?: RTCIceServer[], iceTransportPolicy?: RTCIceTransportPolicy,
+   *          gatherTimeout?: number, connectTimeout?: number, disconnectTimeout?: number,
+   *          dataChannels?: string[], onstate?: (state: string, session: RelaySession) => void}} [options]
+   *   `iceTransportPolicy`: "relay" uses only TURN relays (give `iceServers`: see discoverIceServers);
    *   `connectTimeout`: ms after the answer within which the connection must come up, else "failed";
    *   `disconnectTimeout`: ms a "disconnected" connection may last before the session fails;
    *   `dataChannels`: labels of the data channels to open (ordered, reliable) with the offer: the client
    *   opens them, Relay never does; they are in `channels` by label (e.g. "chat").
    */
   constructor(endpoint, {
-    token = "", iceServers = [], gatherTimeout = 2000, connectTimeout = 15000, disconnectTimeout = 2000, onstate,
+    token = "", iceServers = [], iceTransportPolicy = "all", gatherTimeout = 2000, connectTimeout = 15000, disconnectTimeout = 2000, onstate,
     dataChannels = [],
   } = {}) {
     super();
-    this.endpoint = new URL(endpoint, location.href).href;
+    this.endpoint = new URL(endpoint, document.baseURI).href;
     this.token = token;
     this.gatherTimeout = gatherTimeout;
     this.connectTimeout = connectTimeout;
@@ -208,7 +227,7 @@ export class RelaySession extends EventTarget {
     this.links = [];
     /** @type {Error|null} why the session failed */
     this.error = null;
-    this.pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers });
+    this.pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", iceServers, iceTransportPolicy });
     /** @type {Promise<string>} resolves with the final state ("offline", "failed" or "closed") */
     this.done = new Promise((resolve) => { this._resolveDone = resolve; });
     this._timer = 0;

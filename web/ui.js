@@ -165,7 +165,7 @@ export function watchStreams(onStreams, { pollInterval = 5000, onMode } = {}) {
   const poll = async () => {
     pollTimer = setTimeout(poll, pollInterval);
     try {
-      const res = await fetch(withToken("/api/streams"), { headers: { Accept: "application/json" } });
+      const res = await fetch(withToken("api/streams"), { headers: { Accept: "application/json" } });
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const body = await res.json();
       if (!stopped && pollTimer) { onStreams(body.streams || []); onMode?.("polling"); }
@@ -177,7 +177,7 @@ export function watchStreams(onStreams, { pollInterval = 5000, onMode } = {}) {
   const stopPolling = () => { clearTimeout(pollTimer); pollTimer = 0; };
 
   const open = () => {
-    source = new EventSource(withToken("/api/events"));
+    source = new EventSource(withToken("api/events"));
     source.addEventListener("streams", (ev) => {
       let body;
       try { body = JSON.parse(ev.data); } catch { return; }

@@ -2,19 +2,22 @@
  * Viewer page (/watch/NAME): WHEP POST /whep/NAME, waits while the stream is offline and
  * reconnects by itself.
  * The chat beside the video rides the session's data channel "chat" (see chat.js).
+ * `?ice=relay` plays only through the server's TURN relays (iceTransportPolicy "relay"): to check
+ * a TURN server, or to hide the viewer's address from the server.
  * Test hook: window.relayWatch = { state, pc, session, chat }
  *   state: "connecting" | "live" | "waiting" | "failed"
  */
-import { WhepSession, StatsMeter, RelayError, withRetry, sleep } from "/static/relay-client.js";
-import { ChatPanel, CHAT_LABEL } from "/static/chat.js";
+import { WhepSession, StatsMeter, RelayError, withRetry, sleep, discoverIceServers } from "./relay-client.js";
+import { ChatPanel, CHAT_LABEL } from "./chat.js";
 import {
   $, setStatus, describeError, streamNameFromPath, watchStreams,
   formatBitrate, formatResolution, formatNumber,
-} from "/static/ui.js";
+} from "./ui.js";
 
 const name = streamNameFromPath();
 const token = new URLSearchParams(location.search).get("token") || "";
-let endpoint = `/whep/${encodeURIComponent(name)}`;
+const relayOnly = new URLSearchParams(location.search).get("ice") === "relay";
+let endpoint = `whep/${encodeURIComponent(name)}`;
 
 const ui = {
   status: $("#status"),
@@ -63,9 +66,11 @@ function setState(state, message = "") {
 
 /** One WHEP attempt; resolves with a session whose answer is applied. */
 async function connect() {
+  const ice = relayOnly ? { iceTransportPolicy: "relay", iceServers: await discoverIceServers(endpoint, token) } : {};
   const session = new WhepSession(endpoint, {
     token,
     dataChannels: [CHAT_LABEL],
+    ...ice,
     onstate: (state) => {
       if (state === "live" && app.session === session) setState("live");
     },

@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from relay.cli import probe, publish, watch
+from relay.cli import cert, probe, publish, watch
 from relay.config import ConfigError, load_config, validate
 
 
 def serve(args: argparse.Namespace) -> int:
-    from relay.server.app import create_app
+    from relay.server.app import create_app, tls_context
     from relay.server.auth import RedactingAccessLogger, is_loopback, publishing_open
 
     try:
@@ -30,10 +30,16 @@ def serve(args: argparse.Namespace) -> int:
             config.recording.enabled = True
         if args.recordings_dir is not None:
             config.recording.dir = args.recordings_dir
+        if args.tls_cert is not None:
+            config.server.tls_cert = args.tls_cert
+        if args.tls_key is not None:
+            config.server.tls_key = args.tls_key
         validate(config)
+        ssl_context = tls_context(config.server)
     except ConfigError as exc:
         print(f"relay: bad config: {exc}", file=sys.stderr)
         return 2
+    scheme = "https" if ssl_context else "http"
     if publishing_open(config.auth) and not is_loopback(config.server.host):
         logging.getLogger("relay").warning(
             "anyone who can reach %s may publish any stream: set auth.publish_token "
@@ -44,9 +50,10 @@ def serve(args: argparse.Namespace) -> int:
         app,
         host=config.server.host,
         port=config.server.port,
+        ssl_context=ssl_context,
         shutdown_timeout=config.server.shutdown_grace / 2,  # for requests in flight; the rest is for peers and files
         access_log_class=RedactingAccessLogger,
-        print=lambda msg: print(f"relay: serving on http://{config.server.host}:{config.server.port}", flush=True),
+        print=lambda msg: print(f"relay: serving on {scheme}://{config.server.host}:{config.server.port}", flush=True),
     )
     return 0
 
@@ -94,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", action="store_true",
                    help="record every stream (sets recording.enabled; per-stream 'enabled: false' still wins)")
     p.add_argument("--recordings-dir", metavar="DIR", help="where recordings go (overrides recording.dir)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (server.tls_cert)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (server.tls_key)")
     p.set_defaults(func=serve)
     h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
     h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")
     h.set_defaults(func=hash_token)
-    for client_command in (publish, watch, probe):
+    for client_command in (publish, watch, probe, cert):
         client_command.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -10,8 +10,11 @@ the installed versions do not have what this module relies on.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import math
 import time
+import types
 from collections.abc import Callable, Collection
 from fractions import Fraction
 from typing import Any
@@ -85,6 +88,12 @@ def _check() -> None:
         (aioice.ice.Connection.query_consent, "CONSENT_FAILURES"),
         (RTCRtpSender._run_rtp, "current_ntp_time"),
         (aioice.ice.Connection.get_component_candidates, "UDP_SOCKET_BUFFER_SIZE"),
+        (aioice.ice.Connection.get_component_candidates, "create_datagram_endpoint"),
+        (aioice.ice.Connection.get_component_candidates, "get_running_loop"),
+        (aioice.turn.create_turn_endpoint, "create_datagram_endpoint"),
+        (aioice.turn.create_turn_endpoint, "get_running_loop"),
+        (aioice.ice.Connection.gather_candidates, "_transport_policy"),
+        (aioice.ice.Connection.gather_candidates, "_use_ipv4"),
     ]
     for func, name in needs:
         if name not in func.__code__.co_names:
@@ -430,3 +439,94 @@ def forward_one_layer(receiver: RTCRtpReceiver, rid: str) -> None:
         return False, None
 
     jitter_buffer.add = one_layer
+# --- Deployment: media sockets inside a port range (ice.port_range) -----------------------------
+#
+# aioice binds its sockets itself with `loop.create_datagram_endpoint`: a host
+# candidate's socket with local_addr=(address, 0), a TURN client's with only
+# remote_addr. It has no setting for ports, so both modules get an `asyncio`
+# whose running loop binds those sockets to a free port of the range instead.
+
+
+class NoMediaPort(Exception):
+    """Every UDP port of `ice.port_range` is taken: no media socket could be bound."""
+
+
+class _PortRange:
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self._next = low  # ports are tried round-robin, so a just-freed port is not reused at once
+
+    def ports(self) -> list[int]:
+        count = self.high - self.low + 1
+        start = self._next - self.low
+        self._next = self.low + (start + 1) % count
+        return [self.low + (start + i) % count for i in range(count)]
+
+
+_port_range: _PortRange | None = None
+
+
+class _RangedLoop:
+    """The running loop, except that its datagram sockets bind inside `_port_range`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(self, factory: Callable[[], Any], local_addr: tuple[str, int] | None = None,
+                                       remote_addr: tuple[str, int] | None = None, **kwargs: Any) -> Any:
+        ranged = _port_range
+        if ranged is None or (local_addr is not None and local_addr[1] != 0):
+            return await self._loop.create_datagram_endpoint(factory, local_addr=local_addr,
+                                                             remote_addr=remote_addr, **kwargs)
+        if local_addr is not None:
+            host = local_addr[0]
+        else:  # a TURN client: bind the wildcard of the server's family
+            host = "::" if remote_addr is not None and ":" in remote_addr[0] else "0.0.0.0"
+        last: OSError | None = None
+        for port in ranged.ports():
+            try:
+                return await self._loop.create_datagram_endpoint(factory, local_addr=(host, port),
+                                                                 remote_addr=remote_addr, **kwargs)
+            except OSError as exc:  # in use: try the next one
+                last = exc
+        raise OSError(errno.EADDRINUSE, f"no free UDP port in {ranged.low}-{ranged.high} on {host}") from last
+
+
+class _RangedAsyncio(types.ModuleType):
+    """`asyncio` as aioice's modules see it: everything as it is but the running loop."""
+
+    def __init__(self) -> None:
+        super().__init__("asyncio")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    def get_running_loop() -> Any:
+        return _RangedLoop(asyncio.get_running_loop())
+
+
+_gather_candidates = aioice.ice.Connection.gather_candidates
+
+
+async def _gather_or_fail(self: aioice.ice.Connection) -> None:
+    """aioice logs a socket it cannot bind and goes on: with no host candidate at all, fail instead."""
+    await _gather_candidates(self)
+    wanted = self._transport_policy == aioice.ice.TransportPolicy.ALL and aioice.ice.get_host_addresses(
+        use_ipv4=self._use_ipv4, use_ipv6=self._use_ipv6)
+    if _port_range is not None and wanted and not any(c.type == "host" for c in self.local_candidates):
+        await self.close()
+        raise NoMediaPort(f"every UDP port in {_port_range.low}-{_port_range.high} is in use (ice.port_range)")
+
+
+def set_port_range(port_range: list[int]) -> None:
+    """Bind every media socket (host candidates, TURN clients) inside [low, high]; [] = any port."""
+    global _port_range
+    _port_range = _PortRange(port_range[0], port_range[1]) if port_range else None
+    if isinstance(aioice.ice.asyncio, types.ModuleType) and aioice.ice.asyncio is asyncio:
+        aioice.ice.asyncio = _RangedAsyncio()
+        aioice.turn.asyncio = _RangedAsyncio()
+        aioice.ice.Connection.gather_candidates = _gather_or_fail  # type: ignore[method-assign]

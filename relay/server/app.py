@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from relay.config import Config
+from relay.config import Config, ConfigError, ServerConfig
 from relay.media import aiortc_patch
 from relay.server import (
     api,
@@ -22,6 +23,7 @@ from relay.server import (
     metrics,
     openapi,
     pages,
+    proxy,
     recordings_api,
     whep,
     whip,
@@ -90,13 +92,28 @@ def add_protocol_routes(app: web.Application) -> None:
             session.add_route(method, handler if method == "OPTIONS" else authorised(handler))
 
 
+def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from `server.tls_cert`/`tls_key`, or None for plain HTTP."""
+    if server.tls_cert is None or server.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(server.tls_cert, server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"server.tls_cert, server.tls_key: cannot use {server.tls_cert} with "
+                          f"{server.tls_key}: {exc}") from None
+    return context
+
+
 def create_app(config: Config) -> web.Application:
     aiortc_patch.restrict_host_addresses(config.ice.host_addresses)
     aiortc_patch.set_consent_timeout(config.ice.consent_timeout)
     aiortc_patch.use_fast_ntp_clock()
     aiortc_patch.enlarge_receive_buffers()  # data channel bursts (see there)
+    aiortc_patch.set_port_range(config.ice.port_range)
     app = web.Application(
-        middlewares=[cors_middleware(config.server.cors_origins), problem_middleware,
+        middlewares=[proxy.proxy_middleware(config.server), cors_middleware(config.server.cors_origins),
+                     problem_middleware,
                      limits.rate_limit_middleware(config.limits)],
         client_max_size=config.server.max_body_bytes,
     )

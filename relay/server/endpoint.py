@@ -19,6 +19,7 @@ from relay.sdp import SDP, SDPFRAG, Offer, SdpError, parse_fragment, parse_offer
 from relay.server import limits
 from relay.server.context import context
 from relay.server.problems import Problem
+from relay.server.proxy import base_path
 from relay.server.session import Session
 
 
@@ -101,9 +102,10 @@ def ice_server_links(config: Config) -> list[str]:
     return links
 
 
-def created(session: Session, answer: str, config: Config, links: list[str]) -> web.Response:
+def created(request: web.Request, session: Session, answer: str, links: list[str]) -> web.Response:
+    config = context(request).config
     response = web.Response(status=201, text=answer, content_type=SDP)
-    response.headers["Location"] = session.path
+    response.headers["Location"] = base_path(request) + session.path  # behind a proxy: under its prefix
     response.headers["ETag"] = session.etag
     response.headers["Accept-Patch"] = SDPFRAG
     for link in ice_server_links(config) + links:

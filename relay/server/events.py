@@ -25,6 +25,7 @@ from relay.server import auth
 from relay.server.context import context
 from relay.server.endpoint import stream_name
 from relay.server.problems import Problem
+from relay.server.proxy import base_path
 
 SSE_REL = "urn:ietf:params:whep:ext:core:server-sent-events"
 STREAM_EVENTS = ("active", "inactive", "viewercount")
@@ -91,8 +92,8 @@ class EventHub:
 HUB = web.AppKey("events", EventHub)
 
 
-def stream_events_link(name: str) -> str:
-    return f'</api/streams/{name}/events>; rel="{SSE_REL}"; events="{",".join(STREAM_EVENTS)}"'
+def stream_events_link(name: str, prefix: str = "") -> str:
+    return f'<{prefix}/api/streams/{name}/events>; rel="{SSE_REL}"; events="{",".join(STREAM_EVENTS)}"'
 
 
 async def open_event_stream(request: web.Request) -> web.StreamResponse:
@@ -137,7 +138,7 @@ async def subscribe(request: web.Request) -> web.Response:
                       f"send a JSON array of event names, e.g. {json.dumps(list(STREAM_EVENTS))}")
     events = tuple(e for e in wanted if e in STREAM_EVENTS) or STREAM_EVENTS
     key = request.app[HUB].subscribe(name, events)
-    return web.Response(status=201, headers={"Location": f"/api/streams/{name}/events/{key}"})
+    return web.Response(status=201, headers={"Location": f"{base_path(request)}/api/streams/{name}/events/{key}"})
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:

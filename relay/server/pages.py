@@ -10,19 +10,27 @@ from aiohttp.typedefs import Handler
 
 from relay.server.endpoint import stream_name
 from relay.server.problems import Problem
+from relay.server.proxy import base_path
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 # Names of files in web/: no separators, no leading dot, no NUL, so no path outside it.
 ASSET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
+# Every page's links are relative to its <base>, which carries the path prefix (server.base_path).
+BASE_TAG = '<base href="/">'
+
+
 def _page(name: str, named_stream: bool) -> Handler:
     path = WEB_DIR / name
+    if BASE_TAG not in path.read_text():
+        raise RuntimeError(f"{path} has no {BASE_TAG}: its links would break under a path prefix")
 
-    async def handler(request: web.Request) -> web.FileResponse:
+    async def handler(request: web.Request) -> web.Response:
         if named_stream:
             stream_name(request)  # a bad name gets its 400 problem, not a page
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        html = path.read_text().replace(BASE_TAG, f'<base href="{base_path(request)}/">', 1)
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     return handler
 

@@ -18,6 +18,7 @@ from relay.server import auth
 from relay.server.context import Context
 from relay.server.endpoint import stream_name
 from relay.server.problems import Problem
+from relay.server.proxy import base_path
 from relay.server.recordings import Recordings
 
 RECORDINGS = web.AppKey("recordings", Recordings)
@@ -47,11 +48,11 @@ def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def as_json(entry: Entry) -> dict[str, object]:
+def as_json(entry: Entry, prefix: str = "") -> dict[str, object]:
     return {
         "stream": entry.stream,
         "file": entry.file,
-        "url": f"/api/recordings/{entry.stream}/{entry.file}",
+        "url": f"{prefix}/api/recordings/{entry.stream}/{entry.file}",
         "media_type": entry.media_type,
         "start": iso(entry.start),
         "duration": entry.info.duration,
@@ -76,7 +77,7 @@ async def list_recordings(request: web.Request) -> web.Response:
         raise Problem(400, "bad-stream-name", f"?stream={only[:80]!r} is not a stream name")
     if only is not None:
         auth.require(request, only, "view")
-    listed = [as_json(entry) for entry in await recordings(request).catalogue(only)
+    listed = [as_json(entry, base_path(request)) for entry in await recordings(request).catalogue(only)
               if not auth.refusal(request, entry.stream, "view")]
     return web.json_response({"recordings": listed})
 

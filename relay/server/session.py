@@ -24,11 +24,13 @@ from relay.config import Config
 from relay.media import aiortc_patch
 from relay.media.peer import Tasks, new_peer_connection
 from relay.sdp import Fragment, Offer
+from relay.server.nat import announce_public
 from relay.server.problems import Problem
 
 log = logging.getLogger(__name__)
 
 RECENTLY_CLOSED = 1024
+NO_PORT_RETRY_AFTER = 5
 
 
 def ice_servers(config: Config) -> list[RTCIceServer]:
@@ -144,8 +146,12 @@ class Session:
             raise OfferRejected(str(exc)) from None
         aiortc_patch.answer_as_dtls_server(self.pc, {m.mid for m in offer.media if m.passive})
         aiortc_patch.answer_h264_as_offered(self.pc, {m.mid: m.codecs for m in offer.media})
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return offer.complete(self.pc.localDescription.sdp)
+        try:
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except aiortc_patch.NoMediaPort as exc:
+            raise Problem(503, "no-media-port", f"{exc}: the server is full; retry after the Retry-After delay",
+                          headers={"Retry-After": str(NO_PORT_RETRY_AFTER)}) from None
+        return announce_public(offer.complete(self.pc.localDescription.sdp), self.config.ice)
 
     def is_ice_restart(self, ufrag: str | None, pwd: str | None) -> bool:
         """New ICE credentials in a PATCH mean a restart; the current ones are plain trickle."""

@@ -14,6 +14,7 @@ from relay.server.context import context
 from relay.server.endpoint import created, read_offer, stream_name
 from relay.server.events import stream_events_link
 from relay.server.problems import Problem
+from relay.server.proxy import base_path
 from relay.server.session import Session, Sessions
 
 RETRY_AFTER = 2
@@ -77,7 +78,7 @@ async def post(request: web.Request) -> web.Response:
     if stream is None or not stream.live:
         raise Problem(409, "stream-offline",
                       f"stream {name!r} has no live publisher; retry after {RETRY_AFTER} s",
-                      headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name)})
+                      headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name, base_path(request))})
     check_codecs(offer, stream)
     address = request.remote or "unknown"
     limits.admit_pending(ctx.sessions, address, ctx.config.limits)
@@ -85,4 +86,4 @@ async def post(request: web.Request) -> web.Response:
     session = ViewerSession(ctx.sessions, stream, ctx.config, address)
     answer = await session.negotiate_or_close(offer)
     session.start()
-    return created(session, answer, ctx.config, [stream_events_link(name)])
+    return created(request, session, answer, [stream_events_link(name, base_path(request))])

@@ -132,4 +132,4 @@ async def post(request: web.Request) -> web.Response:
     stream.start(session)
     answer = await session.negotiate_or_close(offer)
     session.start()
-    return created(session, answer, ctx.config, [])
+    return created(request, session, answer, [])

@@ -13,6 +13,11 @@ Helpers (module functions):
   await wait_js(page, "expression")     until the expression is true in the page
   page_errors(page)                    -> uncaught exceptions and console errors so far
                                           (failed HTTP requests only with include_network=True)
+  await wait_js(page, expression)      -> once the expression is true in the page
+  await wait_status(page, word)        -> once the page's #status says `word`
+  await assert_playing(page)           -> the watch page shows moving, non-black video
+
+The browser ignores certificate errors, so tests can serve HTTPS with a self-signed certificate.
 
 Without /usr/bin/chromium or the playwright package the browser tests are skipped, or fail when
 RELAY_REQUIRE_BROWSER=1. RELAY_CHROMIUM overrides the browser path.
@@ -20,6 +25,7 @@ RELAY_REQUIRE_BROWSER=1. RELAY_CHROMIUM overrides the browser path.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -87,6 +93,7 @@ async def chromium_browser(tmp_path: Path) -> AsyncIterator[Any]:
             args=CHROMIUM_ARGS,
             viewport={"width": 1280, "height": 800},
             color_scheme="light",
+            ignore_https_errors=True,  # self-signed test certificates (tests/deploy)
         )
         try:
             yield context
@@ -200,3 +207,21 @@ def _video_frames_decoded_fixture() -> Callable[[Any], Awaitable[int]]:
 @pytest.fixture(name="page_errors")
 def _page_errors_fixture() -> Callable[..., list[str]]:
     return page_errors
+
+
+async def wait_status(page: Any, word: str) -> None:
+    await wait_js(page, f"document.querySelector('#status').textContent.toLowerCase().includes('{word}')")
+
+
+async def assert_playing(page: Any) -> None:
+    """Moving, non-black video, and frames decoded growing."""
+    await wait_js(page, "window.relayWatch && window.relayWatch.state === 'live'")
+    await wait_js(page, "document.querySelector('#video').readyState >= 2")
+    first, decoded = await video_pixels(page), await video_frames_decoded(page)
+    await asyncio.sleep(1.0)  # measuring: a second of playback
+    second, decoded_later = await video_pixels(page), await video_frames_decoded(page)
+    assert first and second
+    assert sum(second) / len(second) > 20, "the video is black"
+    assert max(second) - min(second) > 30, "the video is one flat colour"
+    assert sum(abs(a - b) for a, b in zip(first, second)) / len(first) > 0.5, "the picture does not move"
+    assert decoded_later >= decoded + 10, f"frames decoded did not grow: {decoded} -> {decoded_later}"

@@ -5,7 +5,6 @@ Runs inside the suite's loopback-only namespace, against an in-process Relay.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +12,7 @@ from relay.client import WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
 from ..conftest import RunningRelay, start_relay
-from .conftest import page_errors, video_frames_decoded, video_pixels, wait_js
-
-
-async def wait_status(page: Any, word: str) -> None:
-    await wait_js(page, f"document.querySelector('#status').textContent.toLowerCase().includes('{word}')")
-
-
-async def assert_playing(page: Any) -> None:
-    """Moving, non-black video, and frames decoded growing."""
-    await wait_js(page, "window.relayWatch && window.relayWatch.state === 'live'")
-    await wait_js(page, "document.querySelector('#video').readyState >= 2")
-    first, decoded = await video_pixels(page), await video_frames_decoded(page)
-    await asyncio.sleep(1.0)  # measuring: a second of playback
-    second, decoded_later = await video_pixels(page), await video_frames_decoded(page)
-    assert first and second
-    assert sum(second) / len(second) > 20, "the video is black"
-    assert max(second) - min(second) > 30, "the video is one flat colour"
-    assert sum(abs(a - b) for a, b in zip(first, second)) / len(first) > 0.5, "the picture does not move"
-    assert decoded_later >= decoded + 10, f"frames decoded did not grow: {decoded} -> {decoded_later}"
+from .conftest import assert_playing, page_errors, wait_js, wait_status
 
 
 async def test_publish_watch_twice_stop_and_resume(
