@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from relay.cli import probe, publish, watch
+from relay.cli import bot, probe, publish, watch
 from relay.config import ConfigError, load_config, validate
 
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
     h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")
     h.set_defaults(func=hash_token)
-    for client_command in (publish, watch, probe):
+    for client_command in (publish, watch, probe, bot):
         client_command.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
