@@ -110,6 +110,15 @@ class LimitsConfig:
 
 
 @dataclass
+class BotConfig:
+    """A media bot `relay serve` runs on a stream (see relay/client/bot.py)."""
+
+    stream: str = ""
+    bot: str = ""  # MODULE:OBJECT
+    output: str | None = None  # the stream it publishes; None: the name the bot gives to publish(), if any
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ice: IceConfig = field(default_factory=IceConfig)
@@ -118,6 +127,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    bots: list[BotConfig] = field(default_factory=list)
 
 
 VIDEO_CODECS = {"VP8", "H264"}
@@ -199,6 +209,7 @@ def validate(config: Config) -> None:
     _validate_recording(config.recording)
     _validate_auth(config.auth)
     _validate_limits(config.limits)
+    _validate_bots(config.bots)
 
 
 def _validate_recording(recording: RecordingConfig) -> None:
@@ -238,6 +249,18 @@ def _validate_limits(limits: LimitsConfig) -> None:
         raise ConfigError("limits.request_burst: at least 1 request")
     if limits.tracked_clients < 1:
         raise ConfigError("limits.tracked_clients: at least 1 client address")
+
+
+def _validate_bots(bots: list[BotConfig]) -> None:
+    for i, bot in enumerate(bots):
+        if not valid_stream_name(bot.stream):
+            raise ConfigError(f"bots[{i}].stream: {bot.stream!r} is not a stream name ({STREAM_NAME_RULE})")
+        module, _, name = bot.bot.rpartition(":")
+        if not module or not name.isidentifier():
+            raise ConfigError(f"bots[{i}].bot: {bot.bot!r} is not MODULE:OBJECT (e.g. examples.motion:bot)")
+        if bot.output is not None and (not valid_stream_name(bot.output) or bot.output == bot.stream):
+            raise ConfigError(f"bots[{i}].output: {bot.output!r} is not a stream name other than its input "
+                              f"({STREAM_NAME_RULE})")
 
 
 def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> Config:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from relay.cli import bot, probe, publish, watch
-from relay.config import ConfigError, load_config, validate
+from relay.config import BotConfig, ConfigError, load_config, validate
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -30,6 +30,9 @@ def serve(args: argparse.Namespace) -> int:
             config.recording.enabled = True
         if args.recordings_dir is not None:
             config.recording.dir = args.recordings_dir
+        for spec in args.bot:
+            stream, _, bot = spec.partition("=")
+            config.bots.append(BotConfig(stream, bot))
         validate(config)
     except ConfigError as exc:
         print(f"relay: bad config: {exc}", file=sys.stderr)
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", action="store_true",
                    help="record every stream (sets recording.enabled; per-stream 'enabled: false' still wins)")
     p.add_argument("--recordings-dir", metavar="DIR", help="where recordings go (overrides recording.dir)")
+    p.add_argument("--bot", action="append", default=[], metavar="STREAM=MODULE:OBJECT",
+                   help="run a media bot on STREAM while it is live (repeatable; adds to bots: in the config)")
     p.set_defaults(func=serve)
     h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
     h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")

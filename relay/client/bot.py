@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -224,6 +224,7 @@ class _Arrivals(MediaStreamTrack):
 
     async def recv(self) -> Frame:
         frame = await self._source.recv()
+        assert isinstance(frame, (av.VideoFrame, av.AudioFrame))  # a decoded track
         frame.opaque = (self._count, time.monotonic())
         self._count += 1
         return frame
@@ -335,14 +336,23 @@ class BotHost:
         """Until `stop`, or until the input stream ends (its WHEP session ends)."""
         tasks: list[asyncio.Task[Any]] = []
         try:
-            self.viewer = await start_when_live(
+            starting = asyncio.ensure_future(start_when_live(
                 lambda: WhepClient(self.input_url, kinds=self.kinds, **self._options),
-                None if wait_live else time.monotonic())
+                None if wait_live else time.monotonic()))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not starting.done():
+                starting.cancel()  # the client deletes any session it made
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            self.viewer = starting.result()
             messenger = self._messenger()
             if messenger:
                 tasks.append(asyncio.ensure_future(messenger.run()))
             relay = MediaRelay()
-            sources = {kind: _Arrivals(await self.viewer.wait_track(kind)) for kind in self.kinds}
+            viewer = self.viewer
+            sources: dict[str, MediaStreamTrack] = {k: _Arrivals(await viewer.wait_track(k)) for k in self.kinds}
             for running in self.running:
                 await self._start_bot(running, relay, sources)
                 tasks += [asyncio.ensure_future(self._loop(running, kind)) for kind in running.inputs]
@@ -414,7 +424,8 @@ class BotHost:
                 frame = await source.recv()
             except MediaStreamError:
                 return
-            index, arrived = frame.opaque
+            assert isinstance(frame, (av.VideoFrame, av.AudioFrame))  # from _Arrivals
+            index, arrived = cast(tuple[int, float], frame.opaque)
             if last_index is not None:
                 stats.drops += max(0, index - last_index - 1)
             last_index = index

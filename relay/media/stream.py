@@ -64,6 +64,8 @@ class Stream:
         self._ended: Counter[str] = Counter()
         self.recording = False  # a file is being written
         self.recording_error: str | None = None  # why recording this stream last failed, until it works again
+        # What others say about the stream in its description (its bots, the bot that makes it).
+        self.notes: dict[str, Any] = {}
         self.meter_in = RateMeter()
         self.meter_out = RateMeter()
         self._receivers: dict[str, RTCRtpReceiver] = {}
@@ -259,6 +261,7 @@ class Stream:
             "viewers": self.watching,
             "recording": self.recording,
             "recording_error": self.recording_error,
+            **self.notes,
         }
 
 

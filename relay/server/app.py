@@ -13,6 +13,7 @@ from relay.media import aiortc_patch
 from relay.server import (
     api,
     auth,
+    bots,
     connections,
     endpoint,
     events,
@@ -116,4 +117,5 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_sessions)
     app.on_cleanup.append(close_sessions)  # any a request still in flight at shutdown went on to make
     metrics.setup(app, recordings_api.setup(app, ctx).totals)
+    bots.setup(app)
     return app

@@ -17,15 +17,9 @@ from relay.client.bot import Bot, BotHost, data_url, load_bot, sibling_url
 from relay.client.testpattern import Stamp, TestPatternTrack, latency_ms, psnr, read_stamp
 from tests.bots import flaky, invert, passive, slow
 
-from ..conftest import RunningRelay, poll_until
+from ..conftest import RunningRelay, poll_until, reinverted
 
 WIDTH, HEIGHT = 320, 240
-
-
-def reinverted(frame: av.VideoFrame) -> av.VideoFrame:
-    """Undo the invert bot: the stamp and picture read back only from this."""
-    planes = frame.to_ndarray(format="yuv420p")
-    return av.VideoFrame.from_ndarray(255 - planes, format="yuv420p")
 
 
 async def output_frames(viewer: WhepClient, count: int) -> list[tuple[Stamp, float, av.VideoFrame]]:
