@@ -12,8 +12,7 @@ from relay.client import WhepClient, WhipClient
 from relay.client.channels import chat_join, chat_text
 from relay.client.testpattern import TestPatternTrack
 
-from ..conftest import RunningRelay, assert_nothing_left, assert_problem, first_stamp, relay_with, request
-from .test_datachannels import read_events
+from ..conftest import assert_nothing_left, assert_problem, first_stamp, read_events, relay_with, request
 
 CHAT = {"chat": {"messages_per_second": 1.0, "burst": 3}}
 

@@ -11,24 +11,16 @@ import aiohttp
 from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
-from ..conftest import RunningRelay, assert_nothing_left, assert_problem, first_stamp, make_offer, relay_with, request
-
-
-async def read_events(response: aiohttp.ClientResponse, count: int) -> list[tuple[str, str]]:
-    """The first `count` server-sent events (event, data) of an open response."""
-    events: list[tuple[str, str]] = []
-    event, data = "message", []
-    async with asyncio.timeout(10):
-        while len(events) < count:
-            line = (await response.content.readline()).decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-            elif line == "" and data:
-                events.append((event, "\n".join(data)))
-                event, data = "message", []
-    return events
+from ..conftest import (
+    RunningRelay,
+    assert_nothing_left,
+    assert_problem,
+    first_stamp,
+    make_offer,
+    read_events,
+    relay_with,
+    request,
+)
 
 
 async def test_publisher_telemetry_reaches_three_viewers_complete_and_in_order(relay: RunningRelay) -> None:
