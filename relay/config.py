@@ -110,6 +110,29 @@ class LimitsConfig:
 
 
 @dataclass
+class DataConfig:
+    viewer_buffer_bytes: int = 256 * 1024
+    max_channels_per_session: int = 8
+    max_message_bytes: int = 64 * 1024
+
+
+@dataclass
+class StreamChatConfig:
+    enabled: bool = True
+
+
+@dataclass
+class ChatConfig:
+    enabled: bool = True
+    history: int = 50
+    max_length: int = 500
+    messages_per_second: float = 1.0
+    burst: int = 5
+    max_name_length: int = 32
+    streams: dict[str, StreamChatConfig] = field(default_factory=dict)
+
+
+@dataclass
 class BotConfig:
     """A media bot `relay serve` runs on a stream (see relay/client/bot.py)."""
 
@@ -127,6 +150,8 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     bots: list[BotConfig] = field(default_factory=list)
 
 
@@ -209,6 +234,7 @@ def validate(config: Config) -> None:
     _validate_recording(config.recording)
     _validate_auth(config.auth)
     _validate_limits(config.limits)
+    _validate_data(config.data, config.chat)
     _validate_bots(config.bots)
 
 
@@ -249,6 +275,20 @@ def _validate_limits(limits: LimitsConfig) -> None:
         raise ConfigError("limits.request_burst: at least 1 request")
     if limits.tracked_clients < 1:
         raise ConfigError("limits.tracked_clients: at least 1 client address")
+
+
+def _validate_data(data: DataConfig, chat: ChatConfig) -> None:
+    for key in ("viewer_buffer_bytes", "max_channels_per_session", "max_message_bytes"):
+        if getattr(data, key) < 1:
+            raise ConfigError(f"data.{key}: must be at least 1")
+    for key in ("max_length", "messages_per_second", "burst", "max_name_length"):
+        if getattr(chat, key) <= 0:
+            raise ConfigError(f"chat.{key}: must be positive")
+    if chat.history < 0:
+        raise ConfigError("chat.history: 0 (none) or a number of messages")
+    for name in chat.streams:
+        if not valid_stream_name(name):
+            raise ConfigError(f"chat.streams.{name}: not a stream name ({STREAM_NAME_RULE})")
 
 
 def _validate_bots(bots: list[BotConfig]) -> None:

@@ -7,6 +7,7 @@ each other:
   start_relay / relay_with       an in-process Relay (the `relay` fixture is one on defaults)
   spawn_relay                    `relay serve` in a subprocess
   make_offer, request, assert_problem   raw WHIP/WHEP requests and RFC 9457 answers
+  read_events                    the first server-sent events of an open response
   first_stamp, wait_ended        what a WHEP viewer sees: the first stamp, the end of the stream
   reinverted                     a frame of the invert bot's output as it was before the bot
   assert_nothing_left            no session, peer connection or server task outlives its use
@@ -181,6 +182,23 @@ async def request(method: str, url: str, body: str | bytes | None = None,
             if response.content_type == "application/problem+json":
                 return response, await response.json(content_type=None)
             return response, await response.text()
+
+
+async def read_events(response: aiohttp.ClientResponse, count: int) -> list[tuple[str, str]]:
+    """The first `count` server-sent events (event, data) of an open response."""
+    events: list[tuple[str, str]] = []
+    event, data = "message", []
+    async with asyncio.timeout(10):
+        while len(events) < count:
+            line = (await response.content.readline()).decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            elif line == "" and data:
+                events.append((event, "\n".join(data)))
+                event, data = "message", []
+    return events
 
 
 def assert_problem(response: aiohttp.ClientResponse, body: object, status: int, *words: str) -> None:

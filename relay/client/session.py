@@ -28,6 +28,7 @@ import aiohttp
 from aiortc import RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from relay.client.channels import Channel, ChannelClosed, Message
 from relay.media.peer import Tasks, new_peer_connection
 from relay.sdp import SDP, SDPFRAG
 
@@ -114,8 +115,12 @@ class Client:
         token: str | None = None,
         ice_servers: list[RTCIceServer] | None = None,
         timeout: float = 10.0,
+        data_channels: Collection[str] = (),
     ) -> None:
         self.url = url
+        self._labels = list(dict.fromkeys(data_channels))
+        # The data channels this client opens, by label (see relay.client.channels).
+        self.channels: dict[str, Channel] = {}
         self.token = token
         self.timeout = timeout
         self.location: str | None = None
@@ -214,6 +219,8 @@ class Client:
             self.ice_servers_used = list(given) if given is not None else await self._discover_ice_servers()
             self.pc = self._new_peer_connection()
             self._prepare()
+            for label in self._labels:  # after the transceivers: BUNDLE's first m= section carries media
+                self.channels[label] = Channel(self.pc.createDataChannel(label))
             await self.pc.setLocalDescription(await self.pc.createOffer())
             reply = await self._post_offer(self.pc.localDescription.sdp)
             if reply.status in self.counter_offer_statuses:
@@ -305,6 +312,27 @@ class Client:
                 f"the media connection to {self.url} is {state} after {limit:g} s: ICE/DTLS did not "
                 "complete (is UDP to the server blocked? does it need a TURN server?)"
             )
+        for channel in self.channels.values():
+            if not await channel.wait_open(limit):
+                raise ClientError(f"data channel {channel.label!r} to {self.url} did not open within {limit:g} s "
+                                  "(does the server answer data channels?)")
+
+    def send(self, label: str, message: Message) -> None:
+        """Send on the data channel `label` (opened with `data_channels=`); ClientError if it is not open."""
+        channel = self.channels.get(label)
+        if channel is None:
+            raise ClientError(f"no data channel {label!r}: open it with data_channels=[{label!r}, ...]")
+        try:
+            channel.send(message)
+        except ChannelClosed as exc:
+            raise ClientError(str(exc)) from None
+
+    async def recv(self, label: str) -> Message:
+        """The next message on the data channel `label`; ClientError once it closed."""
+        try:
+            return await self.channels[label].recv()
+        except ChannelClosed as exc:
+            raise ClientError(str(exc)) from None
 
     async def trickle(self, candidates: list[str], end: bool = True) -> bool:
         """PATCH extra candidates (RFC 8840 lines such as "candidate:...") to the session.

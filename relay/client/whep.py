@@ -26,6 +26,11 @@ class WhepClient(Client):
     `encoded` holds an `EncodedTrack` per kind whose `recv()` returns whole
     encoded frames (`EncodedFrame`).
     A server that answers with a counter-offer (406, WHEP §4.3) is followed.
+    `data_channels=["telemetry", ...]` opens those data channels (the viewer
+    opens them; Relay creates none): `await recv(label)` or
+    `async for message in channels[label]` gives the publisher's messages in
+    order, `send("chat", ...)` talks on the chat. `wait_connected()` also
+    waits for them to open.
     """
 
     protocol = "WHEP"

@@ -29,6 +29,9 @@ class WhipClient(Client):
     packetized, no encoder is ever created for them. `video_bitrate` (bps)
     caps the video encoder and `keyframe_interval` (s) forces regular keyframes.
     `start()` returns once ICE and DTLS are up: only then is the stream live.
+    `data_channels=["telemetry", ...]` opens those data channels (ordered,
+    reliable); `send(label, message)` sends text or bytes to every viewer
+    with a channel of that label, and `channels[label]` receives (on `chat`).
     """
 
     # A 409 with Retry-After: the stream's publisher went silent and may be replaced then.

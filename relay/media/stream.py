@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpReceiver
 
-from relay.config import ForwardConfig
+from relay.config import ChatConfig, DataConfig, ForwardConfig
 from relay.media import aiortc_patch
 from relay.media.bitstream import video_size
+from relay.media.chat import CHAT_LABEL, Chat
+from relay.media.datachannels import StreamData
 from relay.media.fanout import FanOut
 from relay.media.keyframes import KeyframeRequester
 from relay.media.meter import RateMeter
@@ -44,8 +46,12 @@ class Publisher(Protocol):
 
 
 class Stream:
-    def __init__(self, name: str, config: ForwardConfig, on_change: Callable[[Stream], None]) -> None:
+    def __init__(self, name: str, config: ForwardConfig, on_change: Callable[[Stream], None],
+                 data: DataConfig | None = None, chat: ChatConfig | None = None) -> None:
         self.name = name
+        # Data channels and the chat (relay.media.datachannels, relay.media.chat): apart from the media.
+        self.data = StreamData((data or DataConfig()).viewer_buffer_bytes)
+        self.chat = Chat(name, chat or ChatConfig(), self.data)
         self.config = config
         self._on_change = on_change
         self.fanouts = {"video": FanOut("video"), "audio": FanOut("audio")}
@@ -232,9 +238,19 @@ class Stream:
             self._ended.update(frames_out=viewer.frames_sent, bytes_out=viewer.bytes_sent)
             self._on_change(self)
 
+    def add_channel(self, channel: RTCDataChannel, session: str, publisher: bool) -> None:
+        """A data channel a session's peer opened: `chat` joins the chat, another label the data fan-out."""
+        if channel.label == CHAT_LABEL:
+            self.chat.add(channel, session, "publisher" if publisher else "viewer")
+        elif publisher:
+            self.data.add_publisher(channel)
+        else:
+            self.data.add_viewer(channel)
+
     def totals(self) -> Counter[str]:
         """Counters over this stream's life, for /metrics: read at scrape time, never per packet."""
         totals = Counter(self._ended)
+        totals.update(data_in=self.data.messages_in, data_out=self.data.messages_out, data_dropped=self.data.dropped)
         for viewer in self.viewers:
             totals.update(frames_out=viewer.frames_sent, bytes_out=viewer.bytes_sent)
         totals.update(packets_in=self.packets_in, bytes_in=self.meter_in.total, nacks_sent=self.nacks_sent,
@@ -261,6 +277,8 @@ class Stream:
             "viewers": self.watching,
             "recording": self.recording,
             "recording_error": self.recording_error,
+            "chat": self.chat.describe(),
+            "data": self.data.describe(),
             **self.notes,
         }
 
@@ -272,8 +290,10 @@ class Streams:
     so pages can show "offline" rather than nothing; at most `max_offline` are kept.
     """
 
-    def __init__(self, config: ForwardConfig, linger: float = 300.0, max_offline: int = 256) -> None:
+    def __init__(self, config: ForwardConfig, linger: float = 300.0, max_offline: int = 256,
+                 data: DataConfig | None = None, chat: ChatConfig | None = None) -> None:
         self._config = config
+        self._data_config, self._chat_config = data, chat
         self._linger = linger
         self._max_offline = max_offline
         self._streams: dict[str, Stream] = {}
@@ -289,7 +309,8 @@ class Streams:
         self._prune()
         stream = self._streams.get(name)
         if stream is None:
-            stream = self._streams[name] = Stream(name, self._config, self._changed)
+            stream = self._streams[name] = Stream(name, self._config, self._changed,
+                                                  self._data_config, self._chat_config)
         return stream
 
     def __iter__(self) -> Iterator[Stream]:
@@ -310,7 +331,10 @@ class Streams:
         for i, (name, since) in enumerate(offline):
             if since < expired or i < len(offline) - self._max_offline:
                 del self._offline_since[name]
-                self.retired.update(self._streams.pop(name).totals())
+                stream = self._streams.pop(name)
+                self.retired.update(stream.totals())
+                stream.data.close()
+                stream.chat.close()
 
     def totals(self) -> Counter[str]:
         """Counters over every stream there has been."""

@@ -15,6 +15,7 @@ from relay.server import (
     auth,
     bots,
     connections,
+    data_api,
     endpoint,
     events,
     health,
@@ -108,6 +109,7 @@ def create_app(config: Config) -> web.Application:
     openapi.add_routes(app)
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
+    data_api.add_routes(app)  # data channels and the chat over HTTP
     pages.add_routes(app)
 
     async def close_sessions(app: web.Application) -> None:

@@ -20,7 +20,7 @@ class Context:
 
     @classmethod
     def create(cls, config: Config) -> Context:
-        return cls(config, Streams(config.forwarding))
+        return cls(config, Streams(config.forwarding, data=config.data, chat=config.chat))
 
 
 CONTEXT = web.AppKey("context", Context)

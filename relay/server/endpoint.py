@@ -36,8 +36,18 @@ async def read_body(request: web.Request, content_type: str, limit: int, timeout
         raise Problem(415, "unsupported-media-type",
                       f"send the body as Content-Type: {content_type} (got {request.content_type or 'none'!r})",
                       headers={"Accept-Post": SDP} if content_type == SDP else {"Accept-Patch": SDPFRAG})
+    body = await read_bytes(request, limit, timeout, _too_large)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(400, "bad-encoding", "the body must be UTF-8 text") from None
+
+
+async def read_bytes(request: web.Request, limit: int, timeout: float,
+                     too_large: Callable[[int], Problem]) -> bytes:
+    """The whole body as bytes: `too_large(limit)` past `limit`, 408 after `timeout`, 400 if unreadable."""
     if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     body = bytearray()
     try:
         async with asyncio.timeout(timeout):
@@ -45,16 +55,13 @@ async def read_body(request: web.Request, content_type: str, limit: int, timeout
             while chunk := await request.content.read(limit + 1 - len(body)):
                 body += chunk
                 if len(body) > limit:
-                    raise _too_large(limit)
+                    raise too_large(limit)
     except TimeoutError:
         raise Problem(408, "body-timeout", f"the body did not arrive within {timeout:g} s; "
                                            "send all the bytes its Content-Length announces") from None
     except (HttpProcessingError, RequestPayloadError) as exc:  # bad chunking or Content-Encoding
         raise Problem(400, "bad-body", f"the body could not be read: {str(exc).strip()}") from None
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Problem(400, "bad-encoding", "the body must be UTF-8 text") from None
+    return bytes(body)
 
 
 def _too_large(limit: int) -> Problem:

@@ -95,7 +95,7 @@ def stream_events_link(name: str) -> str:
     return f'</api/streams/{name}/events>; rel="{SSE_REL}"; events="{",".join(STREAM_EVENTS)}"'
 
 
-async def _open(request: web.Request) -> web.StreamResponse:
+async def open_event_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     return response
@@ -109,7 +109,7 @@ async def all_streams(request: web.Request) -> web.StreamResponse:
     """The streams this subscriber may view (decided by the token it opened with); others neither show nor wake it."""
     hub, streams = request.app[HUB], context(request).streams
     visible = auth.visible_streams(request)
-    response = await _open(request)
+    response = await open_event_stream(request)
     try:
         async for _ in hub.changes(HEARTBEAT, visible):
             shown = sorted((s for s in streams if visible(s.name)), key=lambda s: s.name)
@@ -147,7 +147,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     if subscription is None or subscription.stream != name:
         raise Problem(404, "unknown-event-stream",
                       "this event stream does not exist or expired; POST again to subscribe")
-    response = await _open(request)
+    response = await open_event_stream(request)
     last: dict[str, object] = {}
     try:
         async for _ in hub.changes(None):

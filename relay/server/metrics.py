@@ -38,6 +38,10 @@ COUNTERS = (
     ("relay_keyframe_requests", "Keyframe requests (PLI) sent to publishers", "keyframe_requests"),
     ("relay_nacks_sent", "Packets NACKed to publishers (asked to be sent again)", "nacks_sent"),
     ("relay_nacks_received", "Packets viewers NACKed (asked Relay to send again)", "nacks_received"),
+    ("relay_data_messages_in", "Data channel and chat messages taken in (publishers, HTTP, chat)", "data_in"),
+    ("relay_data_messages_out", "Data channel and chat messages delivered to viewers' channels and HTTP readers",
+     "data_out"),
+    ("relay_data_messages_dropped", "Data messages a viewer or reader missed: its buffer was full", "data_dropped"),
 )
 
 

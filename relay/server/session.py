@@ -16,7 +16,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from aiortc import RTCIceServer, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCIceServer, RTCSessionDescription
 from aiortc.exceptions import OperationError
 from aiortc.sdp import candidate_from_sdp
 
@@ -57,6 +57,8 @@ class Session:
         sessions.opened(self)
         self._tasks = Tasks()
         self.pc.on("connectionstatechange", self._on_connection_state)
+        self._data_channels = 0
+        self.pc.on("datachannel", self._on_datachannel)
 
     @property
     def path(self) -> str:
@@ -92,6 +94,18 @@ class Session:
 
     def on_connected(self) -> None:
         """Hook for subclasses: take a seat now that the peer proved itself."""
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        """The peer opened a data channel (only offers with an m=application section can)."""
+        self._data_channels += 1
+        if self.closed or self._data_channels > self.config.data.max_channels_per_session:
+            channel.close()
+        else:
+            self.on_datachannel(channel)
+
+    def on_datachannel(self, channel: RTCDataChannel) -> None:
+        """Hook for subclasses: hand the channel to the stream."""
+        channel.close()
 
     def _settle(self) -> None:
         """No longer pending: connected, or gone."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiortc import RTCDataChannel
 
 from relay.config import Config
 from relay.media.stream import Stream
@@ -42,6 +43,9 @@ class ViewerSession(Session):
     def _on_stream_ended(self) -> None:
         if not self.closed:
             self.spawn(self.close("stream ended"))
+
+    def on_datachannel(self, channel: RTCDataChannel) -> None:
+        self.stream.add_channel(channel, self.id, publisher=False)
 
     def on_close(self) -> None:
         if self.viewer is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from aiohttp import web
+from aiortc import RTCDataChannel
 from aiortc.mediastreams import MediaStreamTrack
 
 from relay.config import Config
@@ -53,6 +54,9 @@ class PublisherSession(Session):
             self.spawn(self.close("the server carries its maximum of live streams"))
         else:
             self.stream.publisher_connected(self)
+
+    def on_datachannel(self, channel: RTCDataChannel) -> None:
+        self.stream.add_channel(channel, self.id, publisher=True)
 
     def on_close(self) -> None:
         self.stream.stop(self)

@@ -1,0 +1,96 @@
+"""Data channels through Relay with real aiortc peers: the publisher's data to every viewer, over HTTP too."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import aiohttp
+
+from relay.client import WhepClient, WhipClient
+from relay.client.testpattern import TestPatternTrack, ToneTrack
+
+from ..conftest import (
+    RunningRelay,
+    assert_nothing_left,
+    assert_problem,
+    first_stamp,
+    make_offer,
+    read_events,
+    relay_with,
+    request,
+)
+
+
+async def test_publisher_telemetry_reaches_three_viewers_complete_and_in_order(relay: RunningRelay) -> None:
+    async with WhipClient(relay.url("/whip/bot"), [TestPatternTrack(160, 120), ToneTrack()],
+                          data_channels=["telemetry"]) as publisher:
+        viewers = [WhepClient(relay.url("/whep/bot"), data_channels=["telemetry"]) for _ in range(3)]
+        try:
+            for viewer in viewers:
+                await viewer.start()
+                await viewer.wait_connected()
+            for n in range(1000):
+                publisher.send("telemetry", json.dumps({"n": n}))
+            publisher.send("telemetry", b"\x00\x01binary")
+            for viewer in viewers:
+                got = [json.loads(await viewer.recv("telemetry"))["n"] for _ in range(1000)]
+                assert got == list(range(1000))
+                assert await viewer.recv("telemetry") == b"\x00\x01binary"
+            stamp = await first_stamp(viewers[0])  # the media went on alongside
+            assert stamp.counter > 0
+            data = relay.ctx.streams.get("bot").data
+            assert (data.messages_in, data.messages_out, data.dropped) == (1001, 3003, 0)
+        finally:
+            for viewer in viewers:
+                await viewer.close()
+    await assert_nothing_left(relay)
+
+
+async def test_offer_without_data_is_answered_without_it(relay: RunningRelay) -> None:
+    async with WhipClient(relay.url("/whip/plain"), [TestPatternTrack(160, 120)]):
+        response, answer = await request("POST", relay.url("/whep/plain"),
+                                          await make_offer("recvonly", kinds=("video",)),
+                                          **{"Content-Type": "application/sdp"})
+        assert response.status == 201
+        assert "m=application" not in answer and "sctp" not in answer
+        await request("DELETE", relay.url(response.headers["Location"]))
+        async with WhepClient(relay.url("/whep/plain"), data_channels=["x"]) as viewer:
+            assert viewer.pc is not None
+            assert "m=application" in viewer.pc.remoteDescription.sdp
+
+
+async def test_http_data_post_reaches_channels_and_event_streams() -> None:
+    tokens = {"auth": {"publish_token": "pub", "view_token": "see"}}
+    async with relay_with(tokens) as relay:
+        async with WhipClient(relay.url("/whip/s"), [TestPatternTrack(160, 120)], token="pub"), \
+                WhepClient(relay.url("/whep/s"), token="see", data_channels=["score"]) as viewer:
+            await viewer.wait_connected()
+            url = relay.url("/api/streams/s/data/score")
+            response, body = await request("GET", url)
+            assert_problem(response, body, 401, "view token")
+            response, body = await request("POST", url, "1:0", **{"Content-Type": "text/plain"})
+            assert_problem(response, body, 401, "publish token")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url, headers={"Authorization": "Bearer see"}) as events:
+                    assert events.headers["Content-Type"] == "text/event-stream"
+                    await asyncio.sleep(0.2)  # the reader is registered once its response started
+                    for body, kind in (("1:0", "text/plain"), ('{"home": 2}', "application/json"),
+                                       (b"\xff\x00", "application/octet-stream"), ("a\nb", "text/plain")):
+                        response, text = await request("POST", url, body, Authorization="Bearer pub",
+                                                       **{"Content-Type": kind})
+                        assert response.status == 204, text
+                    assert await read_events(events, 4) == [
+                        ("message", "1:0"), ("message", '{"home": 2}'),
+                        ("binary", base64.b64encode(b"\xff\x00").decode()), ("message", "a\nb")]
+            assert [await viewer.recv("score") for _ in range(4)] == ["1:0", '{"home": 2}', b"\xff\x00", "a\nb"]
+            response, body = await request("POST", url, "x", Authorization="Bearer pub",
+                                           **{"Content-Type": "image/png"})
+            assert_problem(response, body, 415, "octet-stream")
+            response, body = await request("POST", url, "x" * 70_000, Authorization="Bearer pub",
+                                           **{"Content-Type": "text/plain"})
+            assert_problem(response, body, 413, "65536 bytes")
+            response, body = await request("POST", relay.url("/api/streams/s/data/chat"), "x",
+                                           Authorization="Bearer pub", **{"Content-Type": "text/plain"})
+            assert_problem(response, body, 400, "/chat")
