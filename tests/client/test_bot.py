@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 import av
 import pytest
 from aiortc.codecs.vpx import Vp8Decoder
@@ -17,7 +19,7 @@ from relay.client.bot import Bot, BotHost, data_url, load_bot, sibling_url
 from relay.client.testpattern import Stamp, TestPatternTrack, latency_ms, psnr, read_stamp
 from tests.bots import flaky, invert, passive, slow
 
-from ..conftest import RunningRelay, poll_until, reinverted
+from ..conftest import RunningRelay, poll_until, read_events, reinverted
 
 WIDTH, HEIGHT = 320, 240
 
@@ -105,6 +107,29 @@ async def test_two_bots_on_one_stream_share_one_decoder(relay: RunningRelay, mon
     # The server decodes nothing (tests/server/test_no_transcoding.py): this one is the host's.
     assert counts == {"Vp8Decoder()": 1}, counts
     assert host.kinds == ("video",)
+
+
+async def test_motion_bot_events_reach_data_channel_viewers_and_event_streams(relay: RunningRelay) -> None:
+    """The test pattern's stripes move every frame: the motion bot says so to the input's and the output's viewers."""
+    motion = load_bot("examples/motion.py:bot")
+    async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(WIDTH, HEIGHT)]), \
+            WhepClient(relay.url("/whep/cam"), kinds=("video",), data_channels=["events"]) as viewer, \
+            aiohttp.ClientSession() as http:
+        await viewer.wait_connected()
+        async with http.get(relay.url("/api/streams/cam/data/events")) as input_events:
+            await asyncio.sleep(0.2)  # the reader is registered once its response started
+            host = BotHost([motion], relay.url("/whep/cam"), [relay.url("/whip/cam-motion")])
+            async with hosting(host):
+                await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-motion")) is not None and s.live)
+                async with http.get(relay.url("/api/streams/cam-motion/data/events")) as output_events:
+                    channel = [json.loads(await asyncio.wait_for(viewer.recv("events"), 10)) for _ in range(2)]
+                    over_http = [json.loads(data) for _, data in await read_events(input_events, 2)]
+                    on_output = [json.loads(data) for _, data in await read_events(output_events, 1)]
+                    messages = host.stats[0].messages
+    for event in channel + over_http + on_output:
+        assert set(event) == {"motion"} and 0 <= event["motion"] <= 1
+    assert max(e["motion"] for e in channel + over_http + on_output) > 0.2
+    assert messages >= 2
 
 
 def test_bots_are_named_as_module_object(tmp_path: object) -> None:
