@@ -7,7 +7,7 @@
 import { WhepSession, StatsMeter, RelayError, withRetry, sleep } from "/static/relay-client.js";
 import {
   $, setStatus, describeError, streamNameFromPath, watchStreams,
-  formatBitrate, formatResolution, formatNumber,
+  formatBitrate, formatResolution, formatNumber, withToken,
 } from "/static/ui.js";
 
 const name = streamNameFromPath();
@@ -169,8 +169,32 @@ function setupControls() {
   }, 1000);
 }
 
+/** Bot events (docs/bots.md): the latest message on the stream's "events" label, as a small badge. */
+function followBotEvents() {
+  const badge = $("#bot-event");
+  const open = () => {
+    const source = new EventSource(withToken(`/api/streams/${encodeURIComponent(name)}/data/events`));
+    source.onmessage = (event) => {
+      let text = event.data;
+      try {
+        const data = JSON.parse(event.data);
+        if (data && typeof data === "object") {
+          text = Object.entries(data).map(([k, v]) => `${k} ${typeof v === "number" ? formatNumber(v, 2) : v}`).join(" · ");
+        }
+      } catch { /* plain text */ }
+      badge.textContent = text.slice(0, 80);
+      badge.hidden = false;
+    };
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) setTimeout(open, 5000); // offline stream: 404, try again
+    };
+  };
+  if (typeof EventSource === "function") open();
+}
+
 document.title = `Relay — Watch ${name}`;
 $("#stream-name").textContent = name;
 setupControls();
 followStream();
+followBotEvents();
 run();
