@@ -107,7 +107,7 @@ class Bot:
         return register(func) if func is not None else register
 
     def publish(self, name: str) -> None:
-        """Publish what the video handler returns as stream `name` (next to the input, unless the runner
+        """Publish what the handlers return as stream `name` (next to the input, unless the runner
         is given an output URL)."""
         self.output = name
 
@@ -227,6 +227,9 @@ class _Arrivals(MediaStreamTrack):
         assert isinstance(frame, (av.VideoFrame, av.AudioFrame))  # a decoded track
         frame.opaque = (self._count, time.monotonic())
         self._count += 1
+        # A get() from a non-empty queue does not yield: without this, a burst of decoded frames would
+        # overwrite each other before even a fast bot could take one.
+        await asyncio.sleep(0)
         return frame
 
 
@@ -322,7 +325,7 @@ class BotHost:
         outputs = list(outputs or []) + [None] * (len(bots) - len(outputs or []))
         self.running = []
         for bot, url in zip(bots, outputs):
-            if url is None and bot.output and "video" in bot.handlers:
+            if url is None and bot.output:
                 url = sibling_url(input_url, "whip", bot.output)
             self.running.append(_Running(bot, BotStats(bot.name or "bot", output=_stream_of(url)), url))
         self.kinds = tuple(k for k in ("video", "audio") if any(k in r.bot.handlers for r in self.running))
@@ -339,9 +342,9 @@ class BotHost:
             starting = asyncio.ensure_future(start_when_live(
                 lambda: WhepClient(self.input_url, kinds=self.kinds, **self._options),
                 None if wait_live else time.monotonic()))
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([starting, stopped], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
             if not starting.done():
                 starting.cancel()  # the client deletes any session it made
                 await asyncio.gather(starting, return_exceptions=True)
@@ -400,9 +403,7 @@ class BotHost:
         for kind in running.bot.handlers:
             running.inputs[kind] = relay.subscribe(sources[kind], buffered=False)
         if running.output_url:
-            running.outputs["video"] = NewestFrameTrack("video")
-            if "audio" in running.bot.handlers:
-                running.outputs["audio"] = NewestFrameTrack("audio")
+            running.outputs = {kind: NewestFrameTrack(kind) for kind in running.bot.handlers}
             running.publisher = WhipClient(running.output_url, list(running.outputs.values()), **self._options)
             await running.publisher.start()
         await self._call_start_hooks(running)

@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import av
+import numpy as np
 import pytest
 from aiortc.codecs.vpx import Vp8Decoder
 
 from relay.client import WhepClient, WhipClient
 from relay.client.bot import Bot, BotHost, data_url, load_bot, sibling_url
-from relay.client.testpattern import Stamp, TestPatternTrack, latency_ms, psnr, read_stamp
+from relay.client.testpattern import Stamp, TestPatternTrack, ToneTrack, latency_ms, psnr, read_stamp
 from tests.bots import flaky, invert, passive, slow
 
 from ..conftest import RunningRelay, poll_until, read_events, reinverted
@@ -130,6 +131,36 @@ async def test_motion_bot_events_reach_data_channel_viewers_and_event_streams(re
         assert set(event) == {"motion"} and 0 <= event["motion"] <= 1
     assert max(e["motion"] for e in channel + over_http + on_output) > 0.2
     assert messages >= 2
+
+
+def dominant_hz(samples: np.ndarray, rate: int = 48000) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    return float(np.argmax(spectrum[1:]) + 1) * rate / samples.size
+
+
+async def test_audio_bot_hears_the_tone_and_publishes_what_it_returns(relay: RunningRelay) -> None:
+    heard: list[float] = []
+    echo = Bot("echo")
+
+    @echo.audio(numpy="s16")
+    def hear(samples: np.ndarray) -> np.ndarray:
+        heard.append(dominant_hz(samples.reshape(-1, 2)[:, 0] if samples.size % 2 == 0 else samples.ravel()))
+        return samples
+
+    echo.publish("cam-echo")
+    async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(WIDTH, HEIGHT), ToneTrack(440)]):
+        host = BotHost([echo], relay.url("/whep/cam"), events=False)
+        assert host.kinds == ("audio",) and host.stats[0].output == "cam-echo"
+        async with hosting(host):
+            await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-echo")) is not None and s.live)
+            async with WhepClient(relay.url("/whep/cam-echo"), kinds=("audio",)) as listener:
+                track = await listener.wait_track("audio")
+                async with asyncio.timeout(30):
+                    frames = [await track.recv() for _ in range(50)]
+    received = np.concatenate([f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in frames[10:]])
+    assert all(f.sample_rate == 48000 for f in frames)
+    assert abs(dominant_hz(received) - 440) < 15
+    assert len(heard) >= 50 and abs(statistics.median(heard) - 440) < 15
 
 
 def test_bots_are_named_as_module_object(tmp_path: object) -> None:
