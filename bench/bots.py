@@ -169,7 +169,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "frames": len(ordered)}
 
 
-async def run(seconds: float, size: str, work: Path) -> dict[str, Any]:
+async def run(seconds: float, size: str, latency_size: str, parts: set[str], work: Path) -> dict[str, Any]:
     from relay.client import WhipClient
     from relay.client.session import ClientError
     from relay.media.aiortc_patch import restrict_host_addresses
@@ -184,22 +184,24 @@ async def run(seconds: float, size: str, work: Path) -> dict[str, Any]:
     log = work / "bench-bots.log"
     server = start("serve", "--config", str(config), log=log)
     publisher = None
-    results: dict[str, Any] = {"size": size, "seconds": seconds, "cpu": {}}
+    results: dict[str, Any] = {"size": size, "latency_size": latency_size, "seconds": seconds, "cpu": {}}
     width, height = (int(v) for v in size.split("x"))
     try:
         await wait_up(f"{base}/api/streams", server)
         # Costs: a pre-encoded loop (1 s GOP, 1 Mbit/s) costs the publisher almost nothing on a busy machine.
         frames = await asyncio.to_thread(encode_loop, width, height, 30, 1_000_000, 4.0, 1.0)
         async with WhipClient(f"{base}/whip/cam", [LoopTrack(frames, 30)], video_codec="VP8", packets=["video"]):
-            for name in ("passive", "rgb"):
+            for name in ("passive", "rgb") if "cpu" in parts else ():
                 for count in (1, 2, 4):
                     cost = await bot_cpu(base, [name] * count, seconds, log)
                     results["cpu"][f"{name} x{count}"] = asdict(cost)
                     print(f"bot process, {count} x {name}: {cost.cpu_percent:5.1f} % of a core at {cost.fps} fps, "
                           f"{cost.cpu_ms_per_frame} CPU-ms per frame", file=sys.stderr)
-        # Latency: frames stamped as they are sent.
-        publisher = start("publish", f"{base}/whip/cam", "--test-pattern", "--size", size, "--bitrate", "1M",
-                          log=log)
+        if "latency" not in parts:
+            return results
+        # Latency: frames stamped as they are sent, small enough that this process's viewer keeps up.
+        publisher = start("publish", f"{base}/whip/cam", "--test-pattern", "--size", latency_size, "--bitrate",
+                          "500k", log=log)
         bot = start("bot", f"{HERE}:invert", "--input", f"{base}/whep/cam", "--output", f"{base}/whip/cam-inv",
                     "--wait", "--no-events", log=log)
         try:
@@ -226,14 +228,18 @@ async def run(seconds: float, size: str, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bots", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measurement")
-    parser.add_argument("--size", default="640x480", help="test pattern size")
+    parser.add_argument("--size", default="640x480", help="picture size for the CPU figures")
+    parser.add_argument("--latency-size", default="320x240",
+                        help="picture size for the latency (the viewer here must keep up, or it measures itself)")
+    parser.add_argument("--only", choices=("cpu", "latency"), help="measure only this")
     args = parser.parse_args(argv)
     if os.environ.get("RELAY_BENCH_ISOLATED") != "1":  # a loopback-only namespace, as bench/__main__ does
         command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", sys.executable, "-m",
                    "bench.bots", *(argv if argv is not None else sys.argv[1:])]
         return subprocess.call(command, env={**os.environ, "RELAY_BENCH_ISOLATED": "1"}, cwd=ROOT)
     with tempfile.TemporaryDirectory() as work:
-        results = asyncio.run(run(args.seconds, args.size, Path(work)))
+        parts = {args.only} if args.only else {"cpu", "latency"}
+        results = asyncio.run(run(args.seconds, args.size, args.latency_size, parts, Path(work)))
     print(json.dumps(results, indent=2))
     return 0
 

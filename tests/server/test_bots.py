@@ -115,3 +115,23 @@ async def test_bots_run_beside_forwarding_restart_and_follow_the_stream(tmp_path
             assert cam["bot_process"]["restarts"] == 1  # a stream's return is no crash
     finally:
         assert server.stop() == 0
+
+
+async def test_the_server_process_still_decodes_nothing(tmp_path: Path) -> None:
+    """The bots decode in their own process; the server's counters (tests/counting_server.py) stay at zero."""
+    counts_file = tmp_path / "counts.json"
+    tests = Path(__file__).resolve().parents[1]
+    # The script's directory comes first on sys.path: `relay` must still be this checkout's.
+    env = dict(os.environ, RELAY_CODEC_COUNTS=str(counts_file), PYTHONPATH=str(tests.parent))
+    bots = {"bots": [{"stream": "cam", "bot": "tests.bots:passive"}, {"stream": "cam", "bot": "tests.bots:invert",
+                                                                       "output": "cam-inverted"}]}
+    server = spawn_relay(tmp_path, bots, script=[str(tests / "counting_server.py")], env=env)
+    try:
+        async with WhipClient(server.url("/whip/cam"), [TestPatternTrack(WIDTH, HEIGHT)]):
+            await wait_for(server, "cam", lambda d: all(b.get("frames", 0) >= 30 for b in d["bots"]))
+            frames, counters = await watch(server.url("/whep/cam-inverted"), 1, reinverted)
+            assert len(counters) > frames / 2
+    finally:
+        assert server.stop() == 0
+    counts = json.loads(counts_file.read_text())
+    assert counts == {}, f"the server created or used codecs: {counts}"
