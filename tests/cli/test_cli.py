@@ -291,15 +291,15 @@ async def test_bot_command_publishes_what_the_bot_makes_and_stops_cleanly(relay:
     async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(WIDTH, HEIGHT)]):
         proc = await spawn("bot", "tests.bots:invert", "--input", relay.url("/whep/cam"),
                            "--output", relay.url("/whip/cam-inverted"), "--stats-json")
-        await read_until(proc, "cam-inverted")
-        await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-inverted")) is not None and s.live, 15)
+        await read_until(proc, "cam-inverted", timeout=60)  # a loaded machine takes long to import aiortc
+        await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-inverted")) is not None and s.live, 60)
         async with WhepClient(relay.url("/whep/cam-inverted"), kinds=("video",)) as viewer:
             track = await viewer.wait_track("video")
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(30):
                 while (stamp := read_stamp(reinverted(await track.recv()))) is None:
                     pass
         assert proc.stdout is not None
-        figures = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
+        figures = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
         assert figures["bots"][0]["name"] == "invert" and figures["bots"][0]["output"] == "cam-inverted"
         proc.send_signal(signal.SIGINT)
         run = await finish(proc)

@@ -17,7 +17,7 @@ from aiortc.codecs.vpx import Vp8Decoder
 
 from relay.client import WhepClient, WhipClient
 from relay.client.bot import Bot, BotHost, data_url, load_bot, sibling_url
-from relay.client.testpattern import Stamp, TestPatternTrack, ToneTrack, latency_ms, psnr, read_stamp
+from relay.client.testpattern import Stamp, TestPatternTrack, ToneTrack, latency_ms, make_frame, psnr, read_stamp
 from tests.bots import flaky, invert, passive, slow
 
 from ..conftest import RunningRelay, poll_until, read_events, reinverted
@@ -54,7 +54,7 @@ async def test_invert_bot_output_carries_the_inputs_stamps_inverted(relay: Runni
     async with WhipClient(relay.url("/whip/cam"), [pattern]):
         host = BotHost([invert], relay.url("/whep/cam"), [relay.url("/whip/cam-inverted")], events=False)
         async with hosting(host):
-            await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-inverted")) is not None and s.live)
+            await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-inverted")) is not None and s.live, 30)
             async with WhepClient(relay.url("/whep/cam-inverted"), kinds=("video",)) as viewer:
                 got = await output_frames(viewer, 60)
                 sent = pattern.frames_sent
@@ -76,7 +76,7 @@ async def test_slow_bot_gets_the_newest_frame_and_a_crashing_one_restarts(relay:
                        [relay.url("/whip/cam-slow"), relay.url("/whip/cam-flaky")], events=False)
         async with hosting(host):
             await relay.wait_until(lambda: all((s := relay.ctx.streams.get(n)) is not None and s.live
-                                               for n in ("cam-slow", "cam-flaky")))
+                                               for n in ("cam-slow", "cam-flaky")), 30)
             async with WhepClient(relay.url("/whep/cam-slow"), kinds=("video",)) as viewer:
                 got = await output_frames(viewer, 12)
             await poll_until(lambda: host.stats[1].crashes >= 3, 30)
@@ -121,7 +121,7 @@ async def test_motion_bot_events_reach_data_channel_viewers_and_event_streams(re
             await asyncio.sleep(0.2)  # the reader is registered once its response started
             host = BotHost([motion], relay.url("/whep/cam"), [relay.url("/whip/cam-motion")])
             async with hosting(host):
-                await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-motion")) is not None and s.live)
+                await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-motion")) is not None and s.live, 30)
                 async with http.get(relay.url("/api/streams/cam-motion/data/events")) as output_events:
                     channel = [json.loads(await asyncio.wait_for(viewer.recv("events"), 10)) for _ in range(2)]
                     over_http = [json.loads(data) for _, data in await read_events(input_events, 2)]
@@ -152,7 +152,7 @@ async def test_audio_bot_hears_the_tone_and_publishes_what_it_returns(relay: Run
         host = BotHost([echo], relay.url("/whep/cam"), events=False)
         assert host.kinds == ("audio",) and host.stats[0].output == "cam-echo"
         async with hosting(host):
-            await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-echo")) is not None and s.live)
+            await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-echo")) is not None and s.live, 30)
             async with WhepClient(relay.url("/whep/cam-echo"), kinds=("audio",)) as listener:
                 track = await listener.wait_track("audio")
                 async with asyncio.timeout(30):
@@ -171,6 +171,20 @@ def test_bots_are_named_as_module_object(tmp_path: object) -> None:
     for bad in ("tests.bots", "tests.bots:nothing", "tests.bots:seen", "no_such_module:x"):
         with pytest.raises((ValueError, ImportError)):
             load_bot(bad)
+
+
+def test_the_examples_make_frames_from_frames() -> None:
+    """Each example's handler on real test-pattern pictures (the motion bot runs end to end above)."""
+    edges, overlay = load_bot("examples/edges.py:bot"), load_bot("examples/overlay.py:bot")
+    frame = make_frame(7, WIDTH, HEIGHT, 0)
+    gray = frame.to_ndarray(format="gray")
+    outline = edges.handlers["video"].func(gray)
+    assert outline.shape == gray.shape and outline.dtype == np.uint8
+    assert outline[100:, 40:].mean() > 20 and outline[100:, 40:].max() > 100  # the stripes' edges
+    rgb = frame.to_ndarray(format="rgb24")
+    drawn = overlay.handlers["video"].func(rgb)
+    assert drawn.shape == rgb.shape and (drawn != rgb).any(axis=2)[-40:].mean() > 0.05  # the clock's band
+    assert (drawn[:100] == rgb[:100]).all()  # and nothing above it
 
 
 def test_urls_next_to_the_input() -> None:

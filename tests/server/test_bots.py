@@ -27,7 +27,7 @@ async def describe(server: RelayProcess, stream: str) -> dict[str, Any]:
     return json.loads(str(body)) if response.status == 200 else {}
 
 
-async def wait_for(server: RelayProcess, stream: str, check: Any, timeout: float = 30) -> dict[str, Any]:
+async def wait_for(server: RelayProcess, stream: str, check: Any, timeout: float = 60) -> dict[str, Any]:
     """Poll the stream's description until `check(description)` holds; the description."""
     seen: dict[str, Any] = {}
 
