@@ -38,7 +38,7 @@ from .measure import free_port
 from .proc import cpu_seconds
 
 STREAM = "bench"
-JOIN_CONCURRENCY = 8
+JOIN_CONCURRENCY = 4
 
 
 def server_config(port: int) -> dict[str, Any]:
@@ -132,6 +132,8 @@ def summary(times: list[float]) -> dict[str, float]:
 async def phase(base: str, pid: int, viewers: int, labels: list[str], seconds: float,
                 rate: float) -> dict[str, Any]:
     clients, times = await join(f"{base}/whep/{STREAM}", viewers, labels)
+    if not clients:
+        raise RuntimeError("no viewer joined (is the publisher still live? see the logs in /tmp)")
     viewers = len(clients)
     counts = [0]
     reader = asyncio.ensure_future(drain(clients, counts))
@@ -189,15 +191,18 @@ async def run(viewers: int, seconds: float, rate: float) -> dict[str, Any]:
         config = Path(tmp) / "relay.yaml"
         config.write_text(yaml.safe_dump(server_config(port)))
         env = {**os.environ, "RELAY_ICE_HOST_ADDRESSES": "127.0.0.1"}
+        logs = Path(tempfile.gettempdir())
         server = await asyncio.create_subprocess_exec(sys.executable, "-m", "relay", "serve", "--config", str(config),
-                                                      stderr=asyncio.subprocess.DEVNULL, env=env)
+                                                      stderr=open(logs / "bench-datachannels-server.log", "wb"),
+                                                      env=env)
         publisher = None
         try:
             await wait_http(f"{base}/api/streams")
             publisher = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "relay", "publish", f"{base}/whip/{STREAM}", "--test-pattern", "--size",
                 "320x240", "--fps", "15", "--no-audio", "--gop", "1",
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env)
+                stdout=asyncio.subprocess.DEVNULL, stderr=open(logs / "bench-datachannels-publisher.log", "wb"),
+                env=env)
             await wait_live(f"{base}/api/streams/{STREAM}")
             without = await phase(base, server.pid, viewers, [], seconds, rate)
             await asyncio.sleep(2)

@@ -84,5 +84,14 @@ async def test_watch_pages_and_the_publish_page_chat(new_page: Any, artifacts_di
 
         await publisher.click("#chat-clear")
         await wait_js(alice, "document.querySelectorAll('#chat-messages li').length === 0")
+
+        await publisher.click("#stop")  # the stream ends; the watch page reconnects by itself once it is back
+        await wait_js(alice, "window.relayWatch.state === 'waiting'")
+        await publisher.click("#start")
+        await wait_js(alice, "window.relayWatch.state === 'live'")
+        await chat_state(alice, "joined")  # re-joined under the name chosen before
+        await chat_state(publisher, "joined")
+        await say(alice, "back again")
+        await shows(publisher, "back again")
         for page in (alice, bob, late, publisher):
             assert page_errors(page) == []
