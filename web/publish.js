@@ -1,9 +1,11 @@
 /**
  * Publisher page (/publish/NAME): camera or screen → WHIP POST /whip/NAME.
- * Test hook: window.relayPublish = { state, pc, session, stream }
+ * The chat (see chat.js) rides the WHIP session's data channel "chat": the publisher may clear it.
+ * Test hook: window.relayPublish = { state, pc, session, stream, chat }
  *   state: "idle" | "starting" | "connecting" | "live" | "failed" | "stopped"
  */
 import { WhipSession, StatsMeter } from "/static/relay-client.js";
+import { ChatPanel, CHAT_LABEL } from "/static/chat.js";
 import {
   $, h, setStatus, showMessage, describeError, streamNameFromPath, watchViewerCount,
   formatBitrate, formatResolution, formatNumber, STREAM_NAME_RE,
@@ -32,7 +34,7 @@ const ui = {
 };
 
 /** Test hook and page state. */
-const app = { state: "idle", pc: null, session: null, stream: null };
+const app = { state: "idle", pc: null, session: null, stream: null, chat: new ChatPanel($("#chat"), { canClear: true }) };
 window.relayPublish = app;
 
 const STATUS_TEXT = { starting: "starting camera", connecting: "connecting", live: "live", failed: "failed" };
@@ -129,12 +131,16 @@ async function start() {
 
   const token = ui.token.value.trim();
   sessionStorage.setItem("relay.token", token);
-  const session = new WhipSession(`/whip/${encodeURIComponent(name)}`, { token, onstate: onSessionState });
+  const session = new WhipSession(`/whip/${encodeURIComponent(name)}`, {
+    token, onstate: onSessionState, dataChannels: [CHAT_LABEL],
+  });
   app.session = session;
   app.pc = session.pc;
   setState("connecting");
   try {
-    await session.publish(app.stream, { videoCodec: ui.codec.value });
+    const published = session.publish(app.stream, { videoCodec: ui.codec.value });
+    app.chat.attach(session.channels[CHAT_LABEL]); // created with the offer, open once connected
+    await published;
   } catch (err) {
     if (app.session === session && session.state !== "closed") {
       setState("failed", describeError(err, { role: "publish", stream: name }));

@@ -178,12 +178,16 @@ export class RelaySession extends EventTarget {
   /**
    * @param {string} endpoint WHIP/WHEP endpoint URL (absolute or relative to the page)
    * @param {{token?: string, iceServers?: RTCIceServer[], gatherTimeout?: number, connectTimeout?: number,
-   *          disconnectTimeout?: number, onstate?: (state: string, session: RelaySession) => void}} [options]
+   *          disconnectTimeout?: number, dataChannels?: string[],
+   *          onstate?: (state: string, session: RelaySession) => void}} [options]
    *   `connectTimeout`: ms after the answer within which the connection must come up, else "failed";
-   *   `disconnectTimeout`: ms a "disconnected" connection may last before the session fails.
+   *   `disconnectTimeout`: ms a "disconnected" connection may last before the session fails;
+   *   `dataChannels`: labels of the data channels to open (ordered, reliable) with the offer: the client
+   *   opens them, Relay never does; they are in `channels` by label (e.g. "chat").
    */
   constructor(endpoint, {
     token = "", iceServers = [], gatherTimeout = 2000, connectTimeout = 15000, disconnectTimeout = 2000, onstate,
+    dataChannels = [],
   } = {}) {
     super();
     this.endpoint = new URL(endpoint, location.href).href;
@@ -192,6 +196,9 @@ export class RelaySession extends EventTarget {
     this.connectTimeout = connectTimeout;
     this.disconnectTimeout = disconnectTimeout;
     this.onstate = onstate;
+    this.dataChannels = dataChannels;
+    /** @type {Record<string, RTCDataChannel>} the data channels opened with the offer, by label */
+    this.channels = {};
     /** @type {string} */ this.state = "new";
     /** @type {string|null} session (resource) URL from the Location header */
     this.resourceUrl = null;
@@ -224,6 +231,8 @@ export class RelaySession extends EventTarget {
     this._setState("connecting");
     addEventListener("pagehide", this._onPageHide);
     try {
+      // After the transceivers: the first m= section (BUNDLE's tag) must carry media.
+      for (const label of this.dataChannels) this.channels[label] = this.pc.createDataChannel(label);
       await this.pc.setLocalDescription(await this.pc.createOffer());
       await waitForIceGathering(this.pc, this.gatherTimeout);
       const res = await this._fetch(this.endpoint, {

@@ -1,10 +1,12 @@
 /**
  * Viewer page (/watch/NAME): WHEP POST /whep/NAME, waits while the stream is offline and
  * reconnects by itself.
- * Test hook: window.relayWatch = { state, pc, session }
+ * The chat beside the video rides the session's data channel "chat" (see chat.js).
+ * Test hook: window.relayWatch = { state, pc, session, chat }
  *   state: "connecting" | "live" | "waiting" | "failed"
  */
 import { WhepSession, StatsMeter, RelayError, withRetry, sleep } from "/static/relay-client.js";
+import { ChatPanel, CHAT_LABEL } from "/static/chat.js";
 import {
   $, setStatus, describeError, streamNameFromPath, watchStreams,
   formatBitrate, formatResolution, formatNumber, withToken,
@@ -34,7 +36,7 @@ const ui = {
 };
 
 /** Test hook and page state. */
-const app = { state: "connecting", pc: null, session: null };
+const app = { state: "connecting", pc: null, session: null, chat: new ChatPanel($("#chat")) };
 window.relayWatch = app;
 
 const STATUS_TEXT = { connecting: "connecting", live: "live", waiting: "offline — waiting", failed: "failed" };
@@ -63,6 +65,7 @@ function setState(state, message = "") {
 async function connect() {
   const session = new WhepSession(endpoint, {
     token,
+    dataChannels: [CHAT_LABEL],
     onstate: (state) => {
       if (state === "live" && app.session === session) setState("live");
     },
@@ -81,7 +84,9 @@ async function connect() {
   });
   app.session = session;
   app.pc = session.pc;
-  await session.start();
+  const started = session.start();
+  app.chat.attach(session.channels[CHAT_LABEL]); // created with the offer, open once connected
+  await started;
   setState("connecting");
   return session;
 }

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
+import stat
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
@@ -78,11 +82,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--bitrate", type=parse_bitrate, help="video bitrate ceiling when encoding, e.g. 1.5M")
     p.add_argument("--gop", type=positive, metavar="SECONDS", help="keyframe interval when encoding")
     p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds of media")
+    p.add_argument("--data", metavar="FILE",
+                   help="send each line of FILE ('-': standard input, as lines come) as a text message on the "
+                   "data channel --data-label, to every viewer that opened one")
+    p.add_argument("--data-label", default="data", metavar="LABEL",
+                   help="label of the data channel --data sends on (default: data)")
     add_client_options(p)
     p.set_defaults(func=lambda args: run(publish, args))
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.data and args.data != "-" and not os.path.isfile(args.data):
+        raise UsageError(f"--data {args.data}: no such file")
     if args.file and (args.size or args.fps or args.no_audio):
         raise UsageError("--size, --fps and --no-audio apply to --test-pattern")
     if args.test_pattern and (args.loop or args.transcode):
@@ -100,8 +111,37 @@ async def bytes_sent(pc: RTCPeerConnection | None) -> int:
 def _client(args: argparse.Namespace, tracks: list[MediaStreamTrack], as_is: dict[str, str]) -> WhipClient:
     return WhipClient(
         args.url, tracks, video_codec=as_is.get("video", args.codec), audio_codec=as_is.get("audio"),
-        packets=as_is.keys(), video_bitrate=args.bitrate, keyframe_interval=args.gop, **client_options(args),
+        packets=as_is.keys(), video_bitrate=args.bitrate, keyframe_interval=args.gop,
+        data_channels=[args.data_label] if args.data else [], **client_options(args),
     )
+
+
+DATA_BACKLOG = 64 * 1024  # bytes queued on the data channel before reading the next line
+
+
+async def send_lines(client: WhipClient, label: str, path: str, sent: list[int]) -> None:
+    """Each line of `path` (standard input for '-', as lines come) as one message, as fast as the channel takes them."""
+    lines = await _line_reader(path)
+    while line := await lines():
+        while client.channels[label].buffered > DATA_BACKLOG:
+            await asyncio.sleep(0.01)
+        client.send(label, line.decode("utf-8", "replace").rstrip("\r\n"))
+        sent[0] += 1
+
+
+async def _line_reader(path: str) -> Callable[[], Awaitable[bytes]]:
+    """An awaitable readline: a pipe or terminal without a thread (Ctrl-C must not wait for a line), a file at once."""
+    if path == "-" and not stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+        reader = asyncio.StreamReader()
+        await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        return reader.readline
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    lines = iter(data.splitlines(keepends=True))
+
+    async def next_line() -> bytes:
+        return next(lines, b"")
+
+    return next_line
 
 
 async def _start_file(args: argparse.Namespace, stop: asyncio.Event,
@@ -146,6 +186,9 @@ async def publish(args: argparse.Namespace, stop: asyncio.Event) -> int:
     try:
         await interruptible(stop, client.wait_connected())
         status.say(f"publishing {what} to {args.url}")
+        lines = [0]
+        if args.data:
+            client.spawn(send_lines(client, args.data_label, args.data, lines))
         started = time.monotonic()
         last = (started, 0)
         file_ended = source.ended if source else asyncio.Event()
@@ -158,7 +201,8 @@ async def publish(args: argparse.Namespace, stop: asyncio.Event) -> int:
             kbps = (sent - last[1]) * 8 / max(now - last[0], 1e-3) / 1000
             last = (now, sent)
             loops = f"  loop {source.loops + 1}" if source and source.loop else ""
-            status.show(f"publish {now - started:6.1f} s  {sent / 1e6:7.2f} MB  {kbps:6.0f} kbps{loops}")
+            data = f"  data {lines[0]} lines" if args.data else ""
+            status.show(f"publish {now - started:6.1f} s  {sent / 1e6:7.2f} MB  {kbps:6.0f} kbps{loops}{data}")
             if stop.is_set() or file_ended.is_set() or (args.duration and now - started >= args.duration):
                 break
             if client.ended.is_set():
@@ -166,8 +210,9 @@ async def publish(args: argparse.Namespace, stop: asyncio.Event) -> int:
         status.done()
         if source and source.error:
             raise ClientError(source.error)
+        data = f"; {lines[0]} lines on data channel {args.data_label!r}" if args.data else ""
         print(f"published {now - started:.1f} s to {args.url}: {sent / 1e6:.2f} MB, "
-              f"{sent * 8 / max(now - started, 1e-3) / 1000:.0f} kbps", file=sys.stdout, flush=True)
+              f"{sent * 8 / max(now - started, 1e-3) / 1000:.0f} kbps{data}", file=sys.stdout, flush=True)
         return 0
     finally:
         status.done()

@@ -22,6 +22,7 @@ from relay.cli.console import StatusLine, UsageError, add_client_options, client
 from relay.cli.publish import positive
 from relay.client import ClientError, SessionError, WhepClient, start_when_live
 from relay.client.capture import Capture
+from relay.client.channels import CHAT_LABEL, Channel, chat_line
 from relay.client.encoded import EncodedTrack
 from relay.client.testpattern import latency_ms, read_stamp
 
@@ -45,6 +46,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--wait", action="store_true",
                    help="while the stream is offline (409) or the server busy (503), retry until it is live; "
                    "when it ends, wait for it to come back (until --duration or Ctrl-C)")
+    p.add_argument("--chat", action="store_true",
+                   help="open the stream's chat (data channel 'chat') and print its messages, the history first")
     add_client_options(p)
     p.set_defaults(func=lambda args: run(watch, args))
 
@@ -138,6 +141,15 @@ async def _consume(track: EncodedTrack, figures: Figures, capture: Capture | Non
                 figures.add_latency(latency)
 
 
+async def _print_chat(channel: Channel, status: StatusLine) -> None:
+    """Chat lines on stdout as they come (the status line, on stderr, is redrawn after each)."""
+    async for message in channel:
+        line = chat_line(message)
+        if line is not None:
+            status.done()
+            print(line, flush=True)
+
+
 def _status(elapsed: float, figures: Figures, fps: float, kbps: float, latency: float | None,
             loss: float, capture: Capture | None) -> str:
     size = f"{figures.size[0]}x{figures.size[1]}" if figures.size else "?x?"
@@ -165,7 +177,8 @@ async def watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 deadline = figures.first + args.duration  # waiting for a comeback counts too
             try:
                 client = await interruptible(stop, start_when_live(
-                    lambda: WhepClient(args.url, kinds=kinds, encoded=True, **client_options(args)),
+                    lambda: WhepClient(args.url, kinds=kinds, encoded=True,
+                                       data_channels=[CHAT_LABEL] if args.chat else [], **client_options(args)),
                     deadline=deadline,
                     on_retry=lambda exc: status.show(f"waiting for {args.url}: {exc}"),
                 ))
@@ -217,6 +230,8 @@ async def _session(args: argparse.Namespace, client: WhepClient, figures: Figure
         consumers = [asyncio.create_task(_consume(t, figures, capture)) for t in client.encoded.values()]
         media_ended = asyncio.Event()
         asyncio.gather(*consumers, return_exceptions=True).add_done_callback(lambda _: media_ended.set())
+        if args.chat:
+            consumers.append(asyncio.create_task(_print_chat(client.channels[CHAT_LABEL], status)))
         connected_at = time.monotonic()
         while True:
             remaining = 0.5

@@ -16,6 +16,7 @@ from typing import Any
 from aiortc import RTCDataChannel
 
 Message = str | bytes
+CHAT_LABEL = "chat"  # the label of a stream's chat (Relay's relay.media.chat)
 MAX_QUEUED = 100_000
 
 

@@ -29,6 +29,7 @@ from aiortc import RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from relay.client.channels import Channel, ChannelClosed, Message
+from relay.media import aiortc_patch
 from relay.media.peer import Tasks, new_peer_connection
 from relay.sdp import SDP, SDPFRAG
 
@@ -191,6 +192,8 @@ class Client:
         return parse_ice_server_links(reply.headers.getall("Link", []))
 
     def _new_peer_connection(self) -> RTCPeerConnection:
+        if self._labels:
+            aiortc_patch.enlarge_receive_buffers()  # bursts of data channel messages (see there)
         pc = new_peer_connection(self.ice_servers_used)
 
         def on_state() -> None:

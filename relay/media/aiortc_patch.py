@@ -19,6 +19,7 @@ from typing import Any
 import aioice
 import aioice.ice
 import aioice.stun
+import aioice.turn
 import aiortc
 import aiortc.clock
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
@@ -70,6 +71,7 @@ def _check() -> None:
         (aioice.ice.Connection.gather_candidates, "get_host_addresses"),
         (aioice.ice.Connection.query_consent, "CONSENT_FAILURES"),
         (RTCRtpSender._run_rtp, "current_ntp_time"),
+        (aioice.ice.Connection.get_component_candidates, "UDP_SOCKET_BUFFER_SIZE"),
     ]
     for func, name in needs:
         if name not in func.__code__.co_names:
@@ -239,6 +241,20 @@ def restrict_host_addresses(addresses: list[str]) -> None:
 
 
 _default_host_addresses = aioice.ice.get_host_addresses
+
+
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def enlarge_receive_buffers(size: int = RECEIVE_BUFFER_BYTES) -> None:
+    """Ask for `size`-byte UDP receive buffers on every ICE socket (the kernel caps it at net.core.rmem_max).
+
+    aiortc's SCTP sends one datagram per data channel message, as many as its
+    byte-counted window allows (hundreds of small ones at once): aioice's 256 KiB
+    buffer overflowed while the loop was busy, and the retransmission storms that
+    followed starved even ICE consent. Process-wide in aioice, like the rest.
+    """
+    aioice.turn.UDP_SOCKET_BUFFER_SIZE = size  # read by aioice.ice when it gathers
 
 
 def set_consent_timeout(seconds: float) -> None:

@@ -95,6 +95,7 @@ def create_app(config: Config) -> web.Application:
     aiortc_patch.restrict_host_addresses(config.ice.host_addresses)
     aiortc_patch.set_consent_timeout(config.ice.consent_timeout)
     aiortc_patch.use_fast_ntp_clock()
+    aiortc_patch.enlarge_receive_buffers()  # data channel bursts (see there)
     app = web.Application(
         middlewares=[cors_middleware(config.server.cors_origins), problem_middleware,
                      limits.rate_limit_middleware(config.limits)],

@@ -150,6 +150,40 @@ def page(name: str, operation: str, with_stream: bool) -> Doc:
     return doc
 
 
+def data_paths(sse: Doc) -> Doc:
+    """Data channels and the chat over HTTP (relay/server/data_api.py)."""
+    label = path_param("label", "Data channel label (not `chat`)")
+    chat_message = {"type": "object", "required": ["name", "text"], "properties": {
+        "name": {"type": "string", "description": "Display name: 1-32 letters, digits, spaces, . _ -"},
+        "text": {"type": "string", "description": "At most chat.max_length characters"}}}
+    return {
+        "/api/streams/{stream}/data/{label}": {
+            "parameters": [common("stream"), label, common("token")],
+            "post": {"summary": "Send a message to every viewer channel of the label, as the publisher (publish token)",
+                     "operationId": "sendData", "tags": ["Data"], "security": TOKEN,
+                     "requestBody": {"required": True, "content": {
+                         "text/plain": {"schema": {"type": "string"}}, "application/json": {},
+                         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                     "responses": {"204": {"description": "Sent to every viewer channel of the label"},
+                                   **problems(400, 401, 403, 404, 409, 413, 415, 429)}},
+            **get("The label's messages as server-sent events (`message`; `binary` in base64)", "readData",
+                  "Data", sse, 400, 401, 404, security=TOKEN)},
+        "/api/streams/{stream}/chat": {
+            "parameters": [common("stream"), common("token")],
+            **get("The chat as server-sent events of stamped JSON messages, the history first", "readChat",
+                  "Data", sse, 400, 401, 404, security=TOKEN),
+            "post": {"summary": "Say something in the chat (view token); the same limits as on the data channel",
+                     "operationId": "sayChat", "tags": ["Data"], "security": TOKEN,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": chat_message}}},
+                     "responses": {"200": json_body({"type": "object"}, "The message as everyone got it"),
+                                   **problems(400, 401, 403, 404, 409, 413, 415, 429)}},
+            "delete": {"summary": "Clear the chat's history (publish token)", "operationId": "clearChat",
+                       "tags": ["Data"], "security": TOKEN,
+                       "responses": {"204": {"description": "Cleared"}, **problems(400, 401, 403, 404)}},
+        },
+    }
+
+
 def document() -> Doc:
     stream_path = {"parameters": [common("stream")]}
     recording_file = {"parameters": [
@@ -206,6 +240,7 @@ def document() -> Doc:
                        "tags": ["Recordings"], "security": TOKEN,
                        "responses": {"204": {"description": "Deleted"}, **problems(400, 401, 403, 404, 409)}},
         },
+        **data_paths(sse),
         "/healthz": get("Alive", "healthz", "Operations", json_body({"type": "object"}, "Alive")),
         "/readyz": get("Taking new sessions (503 while shutting down)", "readyz", "Operations",
                        json_body({"type": "object"}, "Ready"), 503),
@@ -277,7 +312,14 @@ SCHEMAS: Doc = {
             "pid": {"type": ["integer", "null"]}, "running": {"type": "boolean"},
             "restarts": {"type": "integer"}, "last_exit": {"type": ["integer", "null"]}}},
         "made_by": {"type": "object", "description": "This stream is a bot's output",
-                    "properties": {"bot": {"type": "string"}, "stream": {"type": "string"}}}}},
+                    "properties": {"bot": {"type": "string"}, "stream": {"type": "string"}}},
+        "chat": {"type": "object", "properties": {
+            "enabled": {"type": "boolean"}, "participants": {"type": "array", "items": {"type": "string"},
+                                                             "description": "Display names of who joined"},
+            "readers": {"type": "integer", "description": "Chat channels and HTTP readers"}}},
+        "data": {"type": "object", "properties": {"labels": {
+            "type": "object", "additionalProperties": {"type": "integer"},
+            "description": "Viewer data channels open, by label"}}}}},
     "RecordingState": {"type": "object", "properties": {
         "stream": {"type": "string"}, "enabled": {"type": "boolean"}, "live": {"type": "boolean"},
         "recording": {"type": "boolean"}, "error": {"type": ["string", "null"]},

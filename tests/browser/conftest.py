@@ -10,6 +10,7 @@ Fixtures:
 Helpers (module functions):
   await video_pixels(page, "#video")   -> 32x24 luma samples (0..255) of the <video>'s current frame
   await video_frames_decoded(page)     -> framesDecoded of window.relayWatch.pc's inbound video
+  await wait_js(page, "expression")     until the expression is true in the page
   page_errors(page)                    -> uncaught exceptions and console errors so far
                                           (failed HTTP requests only with include_network=True)
 
@@ -166,6 +167,11 @@ async () => {
   return frames;
 }
 """
+
+
+async def wait_js(page: Any, expression: str, timeout: float = 20_000) -> None:
+    """Wait until the JavaScript `expression` is true in `page`."""
+    await page.wait_for_function(expression, timeout=timeout)
 
 
 async def video_pixels(page: Any, selector: str = "#video", width: int = 32, height: int = 24) -> list[int]:

@@ -13,11 +13,7 @@ from relay.client import WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
 from ..conftest import RunningRelay, start_relay
-from .conftest import page_errors, video_frames_decoded, video_pixels
-
-
-async def wait_js(page: Any, expression: str, timeout: float = 20_000) -> None:
-    await page.wait_for_function(expression, timeout=timeout)
+from .conftest import page_errors, video_frames_decoded, video_pixels, wait_js
 
 
 async def wait_status(page: Any, word: str) -> None:

@@ -48,11 +48,11 @@ class Run:
 
 
 async def spawn(
-    *args: str, module: str = "relay", env: dict[str, str] | None = None
+    *args: str, module: str = "relay", env: dict[str, str] | None = None, stdin: int | None = None
 ) -> asyncio.subprocess.Process:
     """The CLI in its own process; its peers stay on loopback like the server's."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", module, *args, cwd=ROOT,
+        sys.executable, "-m", module, *args, cwd=ROOT, stdin=stdin,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "RELAY_ICE_HOST_ADDRESSES": "127.0.0.1", **(env or {})},
     )
@@ -312,3 +312,27 @@ async def test_bot_command_publishes_what_the_bot_makes_and_stops_cleanly(relay:
 async def test_bot_command_names_a_bad_bot_in_one_line() -> None:
     run = await cli("bot", "tests.bots:nothing", "--input", "http://127.0.0.1:9/whep/x")
     assert run.code == 2 and "has no nothing" in one_line_error(run)
+
+
+async def test_publish_sends_lines_as_data_and_watch_prints_the_chat(relay: RunningRelay) -> None:
+    publisher = await spawn("publish", relay.url("/whip/data"), "--test-pattern", "--size", "160x120",
+                            "--no-audio", "--data", "-", "--data-label", "telemetry", stdin=asyncio.subprocess.PIPE)
+    await relay.wait_until(lambda: (s := relay.ctx.streams.get("data")) is not None and s.live, timeout=20)
+    async with WhepClient(relay.url("/whep/data"), kinds=("video",), encoded=True,
+                          data_channels=["telemetry", "chat"]) as viewer:
+        await viewer.wait_connected()
+        assert publisher.stdin is not None
+        publisher.stdin.write("".join(f"reading {n}\n" for n in range(20)).encode())
+        await publisher.stdin.drain()
+        assert [await viewer.recv("telemetry") for _ in range(20)] == [f"reading {n}" for n in range(20)]
+
+        viewer.send("chat", json.dumps({"name": "Alice"}))
+        viewer.send("chat", json.dumps({"text": "hi from Alice"}))
+        await relay.wait_until(lambda: relay.ctx.streams.get("data").chat.history)
+        watched = await cli("watch", relay.url("/whep/data"), "--chat", "--video-only", "--duration", "2")
+        assert watched.code == 0, watched.stderr
+        assert re.search(r"^\d\d:\d\d:\d\d Alice: hi from Alice$", watched.stdout, re.MULTILINE), watched.stdout
+    publisher.send_signal(signal.SIGINT)
+    published = await finish(publisher)
+    assert published.code == 0, published.stderr
+    assert "20 lines on data channel 'telemetry'" in published.stdout
