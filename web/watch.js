@@ -9,9 +9,10 @@ import { WhepSession, StatsMeter, RelayError, withRetry, sleep } from "/static/r
 import { ChatPanel, CHAT_LABEL } from "/static/chat.js";
 import {
   $, setStatus, describeError, streamNameFromPath, watchStreams,
-  formatBitrate, formatResolution, formatNumber, withToken,
+  formatBitrate, formatResolution, formatNumber,
 } from "/static/ui.js";
 
+const BOT_EVENTS_LABEL = "events"; // what bot.say() sends on (relay/client/bot.py)
 const name = streamNameFromPath();
 const token = new URLSearchParams(location.search).get("token") || "";
 let endpoint = `/whep/${encodeURIComponent(name)}`;
@@ -65,7 +66,7 @@ function setState(state, message = "") {
 async function connect() {
   const session = new WhepSession(endpoint, {
     token,
-    dataChannels: [CHAT_LABEL],
+    dataChannels: [CHAT_LABEL, BOT_EVENTS_LABEL],
     onstate: (state) => {
       if (state === "live" && app.session === session) setState("live");
     },
@@ -86,6 +87,7 @@ async function connect() {
   app.pc = session.pc;
   const started = session.start();
   app.chat.attach(session.channels[CHAT_LABEL]); // created with the offer, open once connected
+  showBotEvents(session.channels[BOT_EVENTS_LABEL]);
   await started;
   setState("connecting");
   return session;
@@ -174,32 +176,25 @@ function setupControls() {
   }, 1000);
 }
 
-/** Bot events (docs/bots.md): the latest message on the stream's "events" label, as a small badge. */
-function followBotEvents() {
+/** Bot events (docs/bots.md): each message on the data channel "events" shown as a small badge. */
+function showBotEvents(channel) {
   const badge = $("#bot-event");
-  const open = () => {
-    const source = new EventSource(withToken(`/api/streams/${encodeURIComponent(name)}/data/events`));
-    source.onmessage = (event) => {
-      let text = event.data;
-      try {
-        const data = JSON.parse(event.data);
-        if (data && typeof data === "object") {
-          text = Object.entries(data).map(([k, v]) => `${k} ${typeof v === "number" ? formatNumber(v, 2) : v}`).join(" · ");
-        }
-      } catch { /* plain text */ }
-      badge.textContent = text.slice(0, 80);
-      badge.hidden = false;
-    };
-    source.onerror = () => {
-      if (source.readyState === EventSource.CLOSED) setTimeout(open, 5000); // offline stream: 404, try again
-    };
-  };
-  if (typeof EventSource === "function") open();
+  channel.addEventListener("message", (event) => {
+    if (typeof event.data !== "string") return;
+    let text = event.data;
+    try {
+      const data = JSON.parse(event.data);
+      if (data && typeof data === "object") {
+        text = Object.entries(data).map(([k, v]) => `${k} ${typeof v === "number" ? formatNumber(v, 2) : v}`).join(" · ");
+      }
+    } catch { /* plain text */ }
+    badge.textContent = text.slice(0, 80);
+    badge.hidden = false;
+  });
 }
 
 document.title = `Relay — Watch ${name}`;
 $("#stream-name").textContent = name;
 setupControls();
 followStream();
-followBotEvents();
 run();
