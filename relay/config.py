@@ -147,6 +147,15 @@ class ChatConfig:
 
 
 @dataclass
+class BotConfig:
+    """A media bot `relay serve` runs on a stream (see relay/client/bot.py)."""
+
+    stream: str = ""
+    bot: str = ""  # MODULE:OBJECT
+    output: str | None = None  # the stream it publishes; None: the name the bot gives to publish(), if any
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ice: IceConfig = field(default_factory=IceConfig)
@@ -157,6 +166,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    bots: list[BotConfig] = field(default_factory=list)
 
 
 VIDEO_CODECS = {"VP8", "H264"}
@@ -240,6 +250,7 @@ def validate(config: Config) -> None:
     _validate_auth(config.auth)
     _validate_limits(config.limits)
     _validate_data(config.data, config.chat)
+    _validate_bots(config.bots)
 
 
 def _validate_deployment(config: Config) -> None:
@@ -318,6 +329,18 @@ def _validate_data(data: DataConfig, chat: ChatConfig) -> None:
     for name in chat.streams:
         if not valid_stream_name(name):
             raise ConfigError(f"chat.streams.{name}: not a stream name ({STREAM_NAME_RULE})")
+
+
+def _validate_bots(bots: list[BotConfig]) -> None:
+    for i, bot in enumerate(bots):
+        if not valid_stream_name(bot.stream):
+            raise ConfigError(f"bots[{i}].stream: {bot.stream!r} is not a stream name ({STREAM_NAME_RULE})")
+        module, _, name = bot.bot.rpartition(":")
+        if not module or not name.isidentifier():
+            raise ConfigError(f"bots[{i}].bot: {bot.bot!r} is not MODULE:OBJECT (e.g. examples.motion:bot)")
+        if bot.output is not None and (not valid_stream_name(bot.output) or bot.output == bot.stream):
+            raise ConfigError(f"bots[{i}].output: {bot.output!r} is not a stream name other than its input "
+                              f"({STREAM_NAME_RULE})")
 
 
 def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> Config:

@@ -9,6 +9,7 @@ each other:
   make_offer, request, assert_problem   raw WHIP/WHEP requests and RFC 9457 answers
   read_events                    the first server-sent events of an open response
   first_stamp, wait_ended        what a WHEP viewer sees: the first stamp, the end of the stream
+  reinverted                     a frame of the invert bot's output as it was before the bot
   assert_nothing_left            no session, peer connection or server task outlives its use
   analyse, files, finished       recordings: what a file holds, the files of a stream, the end of writing
   make_media                     a media file of test-pattern frames and a tone, for the file sources
@@ -232,6 +233,12 @@ async def first_stamp(viewer: WhepClient) -> Stamp:
             stamp = read_stamp(await viewer.tracks["video"].recv())
             if stamp:
                 return stamp
+
+
+def reinverted(frame: av.VideoFrame) -> av.VideoFrame:
+    """Undo the invert bot (tests/bots.py): the stamp and picture of its output read back only from this."""
+    planes = frame.to_ndarray(format="yuv420p")
+    return av.VideoFrame.from_ndarray(255 - planes, format="yuv420p")
 
 
 async def wait_ended(viewer: WhepClient) -> None:

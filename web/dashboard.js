@@ -50,6 +50,10 @@ function mountStreamsSection({ onMode, onRecordingChange }) {
     row.dataset.live = String(Boolean(s.live));
     setStatus(cells.state.firstChild, s.live ? "live" : "offline");
     cells.viewers.textContent = String(s.viewers ?? 0);
+    const note = s.made_by ? `made by bot ${s.made_by.bot} from stream ${s.made_by.stream}` : "";
+    let made = cells.name.querySelector(".made-by");
+    if (note && !made) cells.name.append(made = h("small", { class: "made-by" }));
+    if (made) made.textContent = note ? ` ${note}` : "";
     cells.video.textContent = s.video
       ? `${s.video.codec} · ${formatResolution(s.video.width, s.video.height)}` : "—";
     cells.audio.textContent = s.audio ? s.audio.codec : "—";

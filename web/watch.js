@@ -14,6 +14,7 @@ import {
   formatBitrate, formatResolution, formatNumber,
 } from "./ui.js";
 
+const BOT_EVENTS_LABEL = "events"; // what bot.say() sends on (relay/client/bot.py)
 const name = streamNameFromPath();
 const token = new URLSearchParams(location.search).get("token") || "";
 const relayOnly = new URLSearchParams(location.search).get("ice") === "relay";
@@ -69,7 +70,7 @@ async function connect() {
   const ice = relayOnly ? { iceTransportPolicy: "relay", iceServers: await discoverIceServers(endpoint, token) } : {};
   const session = new WhepSession(endpoint, {
     token,
-    dataChannels: [CHAT_LABEL],
+    dataChannels: [CHAT_LABEL, BOT_EVENTS_LABEL],
     ...ice,
     onstate: (state) => {
       if (state === "live" && app.session === session) setState("live");
@@ -91,6 +92,7 @@ async function connect() {
   app.pc = session.pc;
   const started = session.start();
   app.chat.attach(session.channels[CHAT_LABEL]); // created with the offer, open once connected
+  showBotEvents(session.channels[BOT_EVENTS_LABEL]);
   await started;
   setState("connecting");
   return session;
@@ -177,6 +179,23 @@ function setupControls() {
     ui.stat.jitter.textContent = formatNumber(s.jitterMs, 1, " ms");
     ui.stat.frames.textContent = formatNumber(s.framesDecoded);
   }, 1000);
+}
+
+/** Bot events (docs/bots.md): each message on the data channel "events" shown as a small badge. */
+function showBotEvents(channel) {
+  const badge = $("#bot-event");
+  channel.addEventListener("message", (event) => {
+    if (typeof event.data !== "string") return;
+    let text = event.data;
+    try {
+      const data = JSON.parse(event.data);
+      if (data && typeof data === "object") {
+        text = Object.entries(data).map(([k, v]) => `${k} ${typeof v === "number" ? formatNumber(v, 2) : v}`).join(" · ");
+      }
+    } catch { /* plain text */ }
+    badge.textContent = text.slice(0, 80);
+    badge.hidden = false;
+  });
 }
 
 document.title = `Relay — Watch ${name}`;

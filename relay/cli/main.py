@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from relay.cli import cert, probe, publish, watch
-from relay.config import ConfigError, load_config, validate
+from relay.cli import bot, cert, probe, publish, watch
+from relay.config import BotConfig, ConfigError, load_config, validate
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -34,6 +34,9 @@ def serve(args: argparse.Namespace) -> int:
             config.server.tls_cert = args.tls_cert
         if args.tls_key is not None:
             config.server.tls_key = args.tls_key
+        for spec in args.bot:
+            stream, _, bot = spec.partition("=")
+            config.bots.append(BotConfig(stream, bot))
         validate(config)
         ssl_context = tls_context(config.server)
     except ConfigError as exc:
@@ -103,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recordings-dir", metavar="DIR", help="where recordings go (overrides recording.dir)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (server.tls_cert)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (server.tls_key)")
+    p.add_argument("--bot", action="append", default=[], metavar="STREAM=MODULE:OBJECT",
+                   help="run a media bot on STREAM while it is live (repeatable; adds to bots: in the config)")
     p.set_defaults(func=serve)
     h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
     h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")
     h.set_defaults(func=hash_token)
-    for client_command in (publish, watch, probe, cert):
+    for client_command in (publish, watch, probe, cert, bot):
         client_command.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(

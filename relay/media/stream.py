@@ -70,6 +70,8 @@ class Stream:
         self._ended: Counter[str] = Counter()
         self.recording = False  # a file is being written
         self.recording_error: str | None = None  # why recording this stream last failed, until it works again
+        # What others say about the stream in its description (its bots, the bot that makes it).
+        self.notes: dict[str, Any] = {}
         self.meter_in = RateMeter()
         self.meter_out = RateMeter()
         self._receivers: dict[str, RTCRtpReceiver] = {}
@@ -281,6 +283,7 @@ class Stream:
             "recording_error": self.recording_error,
             "chat": self.chat.describe(),
             "data": self.data.describe(),
+            **self.notes,
         }
 
 

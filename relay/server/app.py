@@ -14,6 +14,7 @@ from relay.media import aiortc_patch
 from relay.server import (
     api,
     auth,
+    bots,
     connections,
     data_api,
     endpoint,
@@ -136,4 +137,5 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(close_sessions)
     app.on_cleanup.append(close_sessions)  # any a request still in flight at shutdown went on to make
     metrics.setup(app, recordings_api.setup(app, ctx).totals)
+    bots.setup(app)
     return app

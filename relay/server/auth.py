@@ -43,6 +43,14 @@ def setup(app: web.Application, auth: AuthConfig) -> None:
     app[AUTH] = auth
 
 
+# A token the server made for its own children (bot processes): valid to publish and view any stream.
+INTERNAL = web.AppKey("internal_token", str)
+
+
+def add_internal_token(app: web.Application, token: str) -> None:
+    app[INTERNAL] = token
+
+
 def _digest(configured: str) -> bytes:
     if configured.startswith(HASH_PREFIX):
         return bytes.fromhex(configured[len(HASH_PREFIX):])
@@ -80,13 +88,16 @@ def refusal(request: web.Request, stream: str, role: str) -> Problem | None:
     """The 401/403 problem if the request may not `role` ("publish"/"view") `stream`, else None."""
     auth = request.app[AUTH]
     expected = required_token(auth, stream, role)
+    internal, token = request.app.get(INTERNAL), presented_token(request)
+    if internal is not None and token is not None and hmac.compare_digest(
+            token.encode("utf-8", "surrogatepass"), internal.encode()):
+        return None
     if expected is None:
         if role == "view" or auth.open_publish:
             return None
         return Problem(403, "publishing-closed",
                        f"no publish token is configured for stream {stream!r} and auth.open_publish is false; "
                        "ask the operator to set auth.publish_token or auth.streams.<name>.publish_token")
-    token = presented_token(request)
     if token is None:
         return _unauthorized(f"stream {stream!r} needs a {role} token: send 'Authorization: Bearer <token>' "
                              "or add ?token=<token> to the URL")

@@ -49,6 +49,11 @@ COUNTERS = (
 _NAMED: ContextVar[Callable[[str], bool] | None] = ContextVar("relay_metrics_named", default=None)
 
 
+def named_streams() -> Callable[[str], bool]:
+    """Whose per-stream series the scrape being encoded may show (none outside a scrape)."""
+    return _NAMED.get() or (lambda name: False)
+
+
 class RelayCollector(Collector):
     """Reads the live state and the lifetime totals of one app at scrape time."""
 
@@ -64,7 +69,7 @@ class RelayCollector(Collector):
         yield GaugeMetricFamily("relay_publishers", "WHIP sessions", value=ctx.sessions.count("whip"))
         yield GaugeMetricFamily("relay_viewers", "WHEP sessions", value=ctx.sessions.count("whep"))
         per_stream = GaugeMetricFamily("relay_stream_viewers", "Viewers of each live stream", labels=["stream"])
-        named = _NAMED.get() or (lambda name: False)  # outside a scrape request, name none
+        named = named_streams()
         for stream in (s for s in live if named(s.name)):
             per_stream.add_metric([stream.name], stream.watching)
         yield per_stream

@@ -299,6 +299,20 @@ SCHEMAS: Doc = {
         "recording": {"type": "boolean", "description": "A file is being written"},
         "recording_error": {"type": ["string", "null"],
                             "description": "Why recording last failed (e.g. a full disk), until a file works again"},
+        "bots": {"type": "array", "description": "The media bots on this stream (config `bots:`)", "items": {
+            "type": "object", "properties": {
+                "name": {"type": "string"}, "output": {"type": ["string", "null"]},
+                "state": {"type": "string", "enum": ["starting", "running", "crashed", "stopped"]},
+                "frames": {"type": "integer"}, "drops": {"type": "integer",
+                                                         "description": "Frames missed while busy"},
+                "crashes": {"type": "integer"}, "messages": {"type": "integer"}, "fps": {"type": "number"},
+                "lag_ms": {"type": ["number", "null"], "description": "Frame decoded to bot done"},
+                "last_error": {"type": ["string", "null"]}}}},
+        "bot_process": {"type": "object", "description": "The process running this stream's bots", "properties": {
+            "pid": {"type": ["integer", "null"]}, "running": {"type": "boolean"},
+            "restarts": {"type": "integer"}, "last_exit": {"type": ["integer", "null"]}}},
+        "made_by": {"type": "object", "description": "This stream is a bot's output",
+                    "properties": {"bot": {"type": "string"}, "stream": {"type": "string"}}},
         "chat": {"type": "object", "properties": {
             "enabled": {"type": "boolean"}, "participants": {"type": "array", "items": {"type": "string"},
                                                              "description": "Display names of who joined"},

@@ -105,3 +105,26 @@ async def test_browser_publishes_h264_and_a_browser_plays_it(relay: RunningRelay
     await assert_playing(viewer)
     assert relay.ctx.streams.get("h264").tracks["video"].codec == "H264"
     assert page_errors(viewer) == [] and page_errors(publisher) == []
+
+
+async def test_watch_page_shows_bot_events_and_dashboard_names_the_bot(new_page: Any, artifacts_dir: Path) -> None:
+    from relay.server.bots import BOTS
+
+    relay = await start_relay({"bots": [{"stream": "cam", "bot": "examples.motion:bot", "output": "cam-motion"}]})
+    try:
+        relay.server.app[BOTS].base_url = relay.url("").rstrip("/")  # the test server's port, not the config's
+        async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(320, 240)]):
+            watch = await new_page()
+            await watch.goto(relay.url("/watch/cam"))
+            await wait_js(watch, "!document.querySelector('#bot-event').hidden"
+                          " && document.querySelector('#bot-event').textContent.startsWith('motion ')", 40_000)
+            await watch.screenshot(path=artifacts_dir / "watch-bot-event.png")
+            dashboard = await new_page()
+            await dashboard.goto(relay.url("/"))
+            await wait_js(dashboard, "(document.querySelector('tr[data-stream=\"cam-motion\"] .made-by') || {})"
+                          ".textContent?.includes('made by bot examples.motion:bot from stream cam')", 40_000)
+            await dashboard.screenshot(path=artifacts_dir / "dashboard-bot-output.png")
+            for page in (watch, dashboard):
+                assert page_errors(page) == []
+    finally:
+        await relay.server.close()

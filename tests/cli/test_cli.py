@@ -19,7 +19,7 @@ from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
 from relay.server.session import Session
 
-from ..conftest import RunningRelay, make_media, start_relay
+from ..conftest import RunningRelay, make_media, reinverted, start_relay
 from ..encoder_hooks import install
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,6 +285,33 @@ async def test_ctrl_c_deletes_the_sessions(relay: RunningRelay, monkeypatch: pyt
     assert watched.stdout.startswith("watched ") and published.stdout.startswith("published ")
     await relay.wait_until(lambda: len(relay.ctx.sessions) == 0, timeout=3)
     assert reasons == ["DELETE by the client"] * 2
+
+
+async def test_bot_command_publishes_what_the_bot_makes_and_stops_cleanly(relay: RunningRelay) -> None:
+    async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(WIDTH, HEIGHT)]):
+        proc = await spawn("bot", "tests.bots:invert", "--input", relay.url("/whep/cam"),
+                           "--output", relay.url("/whip/cam-inverted"), "--stats-json")
+        await read_until(proc, "cam-inverted", timeout=60)  # a loaded machine takes long to import aiortc
+        await relay.wait_until(lambda: (s := relay.ctx.streams.get("cam-inverted")) is not None and s.live, 60)
+        async with WhepClient(relay.url("/whep/cam-inverted"), kinds=("video",)) as viewer:
+            track = await viewer.wait_track("video")
+            async with asyncio.timeout(30):
+                while (stamp := read_stamp(reinverted(await track.recv()))) is None:
+                    pass
+        assert proc.stdout is not None
+        figures = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
+        assert figures["bots"][0]["name"] == "invert" and figures["bots"][0]["output"] == "cam-inverted"
+        proc.send_signal(signal.SIGINT)
+        run = await finish(proc)
+    assert run.code == 0, run.stderr
+    assert "bots done: invert stopped" in run.stderr
+    await relay.wait_until(lambda: not relay.ctx.sessions.count("whip") and not relay.ctx.sessions.count("whep"))
+    assert stamp.counter >= 0
+
+
+async def test_bot_command_names_a_bad_bot_in_one_line() -> None:
+    run = await cli("bot", "tests.bots:nothing", "--input", "http://127.0.0.1:9/whep/x")
+    assert run.code == 2 and "has no nothing" in one_line_error(run)
 
 
 async def test_publish_sends_lines_as_data_and_watch_prints_the_chat(relay: RunningRelay) -> None:

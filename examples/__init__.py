@@ -1,0 +1,1 @@
+"""Example media bots: `relay bot examples.edges:bot --input ... --output ...` (numpy only)."""
