@@ -110,6 +110,22 @@ class LimitsConfig:
 
 
 @dataclass
+class OriginConfig:
+    """Edge mode: streams this server does not carry are pulled from `url` over WHEP."""
+
+    url: str | None = None
+    token: str | None = None
+    linger: float = 5.0
+
+
+@dataclass
+class WorkersConfig:
+    """Viewer sessions spread over worker processes (`relay serve --workers`); 0: one per CPU."""
+
+    count: int = 0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ice: IceConfig = field(default_factory=IceConfig)
@@ -118,6 +134,8 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    origin: OriginConfig = field(default_factory=OriginConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
 
 
 VIDEO_CODECS = {"VP8", "H264"}
@@ -199,6 +217,19 @@ def validate(config: Config) -> None:
     _validate_recording(config.recording)
     _validate_auth(config.auth)
     _validate_limits(config.limits)
+    _validate_origin(config.origin, config.workers)
+
+
+def _validate_origin(origin: OriginConfig, workers: WorkersConfig) -> None:
+    if origin.url is not None and not origin.url.startswith(("http://", "https://")):
+        raise ConfigError(f"origin.url: {origin.url!r} must be an http:// or https:// URL")
+    problem = token_problem(origin.token)
+    if problem:
+        raise ConfigError(f"origin.token: {problem}")
+    if origin.linger < 0:
+        raise ConfigError("origin.linger: 0 (end at once) or a number of seconds")
+    if workers.count < 0:
+        raise ConfigError("workers.count: 0 (one per CPU) or a number of processes")
 
 
 def _validate_recording(recording: RecordingConfig) -> None:

@@ -133,10 +133,12 @@ class RelayProcess:
 
 def spawn_relay(tmp_path: Path, settings: dict[str, Any] | None = None,
                 script: list[str] | None = None, env: dict[str, str] | None = None) -> RelayProcess:
-    """Start a server process on a free port with LOOPBACK settings; wait until it answers."""
-    port = free_port()
+    """Start a server process (one process unless `settings` say otherwise) with LOOPBACK settings
+    on a free port (or the one `settings` give); wait until it answers."""
+    port = (settings or {}).get("server", {}).get("port") or free_port()
     config = tmp_path / "relay.yaml"
-    config.write_text(yaml.safe_dump(merge(merge(LOOPBACK, {"server": {"port": port}}), settings or {})))
+    base = merge(LOOPBACK, {"server": {"port": port}, "workers": {"count": 1}})
+    config.write_text(yaml.safe_dump(merge(base, settings or {})))
     command = [sys.executable, *(script or ["-m", "relay"]), *([] if script else ["serve"]), "--config", str(config)]
     process = subprocess.Popen(command, env=env)
     deadline = time.monotonic() + 20

@@ -30,6 +30,8 @@ def serve(args: argparse.Namespace) -> int:
             config.recording.enabled = True
         if args.recordings_dir is not None:
             config.recording.dir = args.recordings_dir
+        if args.origin is not None:
+            config.origin.url = args.origin
         validate(config)
     except ConfigError as exc:
         print(f"relay: bad config: {exc}", file=sys.stderr)
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", action="store_true",
                    help="record every stream (sets recording.enabled; per-stream 'enabled: false' still wins)")
     p.add_argument("--recordings-dir", metavar="DIR", help="where recordings go (overrides recording.dir)")
+    p.add_argument("--origin", metavar="URL",
+                   help="edge mode: pull streams not carried here from this WHEP origin (overrides origin.url)")
     p.set_defaults(func=serve)
     h = commands.add_parser("hash-token", help="print the sha256: form of a token, for config.yaml")
     h.add_argument("token", nargs="?", help="the token (default: read it from the terminal or stdin)")

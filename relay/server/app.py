@@ -14,6 +14,7 @@ from relay.server import (
     api,
     auth,
     connections,
+    edge,
     endpoint,
     events,
     health,
@@ -89,7 +90,8 @@ def add_protocol_routes(app: web.Application) -> None:
             session.add_route(method, handler if method == "OPTIONS" else authorised(handler))
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, origin_socket: str | None = None) -> web.Application:
+    """The application; with `config.origin.url` an edge, pulling from it (through `origin_socket`)."""
     aiortc_patch.restrict_host_addresses(config.ice.host_addresses)
     aiortc_patch.set_consent_timeout(config.ice.consent_timeout)
     aiortc_patch.use_fast_ntp_clock()
@@ -108,6 +110,8 @@ def create_app(config: Config) -> web.Application:
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
     pages.add_routes(app)
+    if config.origin.url:  # edge mode
+        edge.setup(app, ctx.streams, config, origin_socket)
 
     async def close_sessions(app: web.Application) -> None:
         ctx.accepting = False

@@ -10,6 +10,7 @@ from relay.media.viewer import Viewer
 from relay.sdp import CODEC_HINT, CODEC_MIME, Offer, accepts, offered_names
 from relay.server import limits
 from relay.server.context import context
+from relay.server.edge import EDGE
 from relay.server.endpoint import created, read_offer, stream_name
 from relay.server.events import stream_events_link
 from relay.server.problems import Problem
@@ -67,6 +68,17 @@ async def post(request: web.Request) -> web.Response:
     ctx = context(request)
     name = stream_name(request)
     offer = await read_offer(request, ViewerSession.kind)
+    edge = request.app.get(EDGE)
+    if edge is None:
+        return await join(request, name, offer)
+    limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)  # before any pull
+    async with edge.pulled(name):
+        return await join(request, name, offer)
+
+
+async def join(request: web.Request, name: str, offer: Offer) -> web.Response:
+    """A viewer session on the stream `name` as carried here."""
+    ctx = context(request)
     stream = ctx.streams.get(name)
     if stream is None or not stream.live:
         raise Problem(409, "stream-offline",
