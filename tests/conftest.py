@@ -141,7 +141,7 @@ def spawn_relay(tmp_path: Path, settings: dict[str, Any] | None = None,
     config.write_text(yaml.safe_dump(merge(base, settings or {})))
     command = [sys.executable, *(script or ["-m", "relay"]), *([] if script else ["serve"]), "--config", str(config)]
     process = subprocess.Popen(command, env=env)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a ceiling: worker processes start slowly on a loaded machine
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/streams", timeout=1).close()

@@ -37,6 +37,7 @@ from relay.server.session import ice_servers
 log = logging.getLogger(__name__)
 
 OFFLINE_RETRY_AFTER = 2
+SHUTDOWN_DELETE = 0.5
 
 
 def origin_url(template: str, name: str) -> str:
@@ -121,11 +122,14 @@ class Edge:
         streams.listeners.append(self._on_change)
 
     @asynccontextmanager
-    async def pulled(self, name: str) -> AsyncIterator[None]:
-        """Make sure `name` is carried here (pulling it if needed), and keep it while the caller joins it."""
+    async def pulled(self, name: str, token: str | None) -> AsyncIterator[None]:
+        """Make sure `name` is carried here (pulling it if needed), and keep it while the caller joins it.
+
+        The pull presents `origin.token`, or else `token` (the viewer's, which this server accepted).
+        """
         self._holds[name] += 1
         try:
-            await self._ensure(name)
+            await self._ensure(name, token)
             yield
         finally:
             self._holds[name] -= 1
@@ -135,13 +139,13 @@ class Edge:
             if stream is not None:
                 self._on_change(stream)
 
-    async def _ensure(self, name: str) -> None:
+    async def _ensure(self, name: str, token: str | None) -> None:
         stream = self._streams.get(name)
         if name not in self._starting and stream is not None and stream.publisher is not None:
             return  # carried: pulled already, or a local publisher
         starting = self._starting.get(name)
         if starting is None:
-            starting = self._starting[name] = asyncio.ensure_future(self._pull(name))
+            starting = self._starting[name] = asyncio.ensure_future(self._pull(name, token))
             starting.add_done_callback(lambda task: self._started(name, task))
         await asyncio.shield(starting)  # a viewer that gives up does not cancel the others' pull
 
@@ -151,10 +155,10 @@ class Edge:
         if not task.cancelled():
             task.exception()  # each waiter raised it; retrieved even if none waited
 
-    async def _pull(self, name: str) -> None:
+    async def _pull(self, name: str, token: str | None) -> None:
         stream = self._streams.get_or_create(name)
         options = {
-            "token": self._config.origin.token,
+            "token": self._config.origin.token or token,
             "ice_servers": ice_servers(self._config) or None,  # else the origin's, from its OPTIONS
             "timeout": self._config.ice.connect_timeout,
             "unix_socket": self._unix_socket,
@@ -197,8 +201,9 @@ class Edge:
     async def close(self) -> None:
         for task in list(self._starting.values()):
             task.cancel()
-        await asyncio.gather(*(pull.close("server shutting down") for pull in list(self.pulls.values())),
-                             return_exceptions=True)
+        # The viewers are told at once; the origin's DELETE gets a moment (a shutting-down origin may not answer).
+        await asyncio.gather(*(asyncio.wait_for(pull.close("server shutting down"), SHUTDOWN_DELETE)
+                               for pull in list(self.pulls.values())), return_exceptions=True)
         self._tasks.cancel()
 
 

@@ -9,6 +9,7 @@ from relay.media.stream import Stream
 from relay.media.viewer import Viewer
 from relay.sdp import CODEC_HINT, CODEC_MIME, Offer, accepts, offered_names
 from relay.server import limits
+from relay.server.auth import presented_token
 from relay.server.context import context
 from relay.server.edge import EDGE
 from relay.server.endpoint import created, read_offer, stream_name
@@ -17,6 +18,8 @@ from relay.server.problems import Problem
 from relay.server.session import Session, Sessions
 
 RETRY_AFTER = 2
+# Set on a request that is a worker's pull (worker mode), by the middleware that routes requests to workers.
+RELAY_PULL = "relay_pull"
 
 
 class ViewerSession(Session):
@@ -72,7 +75,7 @@ async def post(request: web.Request) -> web.Response:
     if edge is None:
         return await join(request, name, offer)
     limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)  # before any pull
-    async with edge.pulled(name):
+    async with edge.pulled(name, presented_token(request)):
         return await join(request, name, offer)
 
 
@@ -90,5 +93,7 @@ async def join(request: web.Request, name: str, offer: Offer) -> web.Response:
     limits.admit_viewer(stream, ctx.config.limits)
     session = ViewerSession(ctx.sessions, stream, ctx.config, address)
     answer = await session.negotiate_or_close(offer)
+    if request.get(RELAY_PULL) and session.viewer is not None:
+        stream.relays.add(session.viewer)  # a worker's pull: its viewers are counted instead
     session.start()
     return created(session, answer, ctx.config, [stream_events_link(name)])

@@ -12,8 +12,16 @@ from typing import Any
 from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
-from ..conftest import RelayProcess, assert_problem, first_stamp, make_offer, poll_until, request, spawn_relay, \
-    wait_ended
+from ..conftest import (
+    RelayProcess,
+    assert_problem,
+    first_stamp,
+    make_offer,
+    poll_until,
+    request,
+    spawn_relay,
+    wait_ended,
+)
 
 
 def streams(server: RelayProcess) -> dict[str, dict[str, Any]]:
