@@ -119,6 +119,15 @@ class OriginConfig:
 
 
 @dataclass
+class DirectoryConfig:
+    """Several origins: each registers its live streams in Redis, edges look them up there."""
+
+    redis_url: str | None = None
+    advertise: str | None = None
+    ttl: float = 10.0
+
+
+@dataclass
 class WorkersConfig:
     """Viewer sessions spread over worker processes (`relay serve --workers`); 0: one per CPU."""
 
@@ -136,6 +145,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     origin: OriginConfig = field(default_factory=OriginConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
 
 VIDEO_CODECS = {"VP8", "H264"}
@@ -218,6 +228,7 @@ def validate(config: Config) -> None:
     _validate_auth(config.auth)
     _validate_limits(config.limits)
     _validate_origin(config.origin, config.workers)
+    _validate_directory(config.directory)
 
 
 def _validate_origin(origin: OriginConfig, workers: WorkersConfig) -> None:
@@ -230,6 +241,18 @@ def _validate_origin(origin: OriginConfig, workers: WorkersConfig) -> None:
         raise ConfigError("origin.linger: 0 (end at once) or a number of seconds")
     if workers.count < 0:
         raise ConfigError("workers.count: 0 (one per CPU) or a number of processes")
+
+
+def _validate_directory(directory: DirectoryConfig) -> None:
+    if directory.redis_url is not None and not directory.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"directory.redis_url: {directory.redis_url!r} must be a redis://, rediss:// or unix:// URL")
+    if directory.advertise is not None:
+        if directory.redis_url is None:
+            raise ConfigError("directory.advertise: set directory.redis_url too (where to register the streams)")
+        if not directory.advertise.startswith(("http://", "https://")):
+            raise ConfigError(f"directory.advertise: {directory.advertise!r} must be an http:// or https:// URL")
+    if directory.ttl < 1:
+        raise ConfigError("directory.ttl: at least 1 second")
 
 
 def _validate_recording(recording: RecordingConfig) -> None:

@@ -14,6 +14,7 @@ from relay.server import (
     api,
     auth,
     connections,
+    directory,
     edge,
     endpoint,
     events,
@@ -110,8 +111,11 @@ def create_app(config: Config, origin_socket: str | None = None) -> web.Applicat
     api.add_routes(app)
     events.add_routes(app, ctx.streams)
     pages.add_routes(app)
-    if config.origin.url:  # edge mode
+    directory_ = config.directory
+    if config.origin.url or (directory_.redis_url and not directory_.advertise):  # edge mode
         edge.setup(app, ctx.streams, config, origin_socket)
+    if directory_.advertise:  # an origin among several
+        directory.setup_registry(app, ctx.streams, directory_)
 
     async def close_sessions(app: web.Application) -> None:
         ctx.accepting = False

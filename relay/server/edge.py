@@ -30,6 +30,7 @@ from relay.config import Config
 from relay.media.peer import Tasks
 from relay.media.stream import Stream, Streams
 from relay.sdp import CLOCK_RATES
+from relay.server.directory import Lookup
 from relay.server.events import stream_events_link
 from relay.server.problems import Problem
 from relay.server.session import ice_servers
@@ -109,10 +110,11 @@ class Edge:
     """The pulls of one edge: at most one per stream, started on demand, ended after the linger time."""
 
     def __init__(self, streams: Streams, config: Config, unix_socket: str | None = None) -> None:
-        assert config.origin.url is not None
         self._streams = streams
         self._config = config
         self._template = config.origin.url
+        # Several origins: where each stream is, from the directory (`origin.url` for the rest).
+        self._lookup = Lookup(config.directory) if config.directory.redis_url else None
         self._unix_socket = unix_socket
         self.pulls: dict[str, Pull] = {}
         self._starting: dict[str, asyncio.Future[None]] = {}
@@ -155,15 +157,26 @@ class Edge:
         if not task.cancelled():
             task.exception()  # each waiter raised it; retrieved even if none waited
 
+    async def _locate(self, name: str) -> str:
+        """The WHEP URL to pull `name` from: the directory's origin for it, else `origin.url`."""
+        found = await self._lookup.origin(name) if self._lookup else None
+        template = found or self._template
+        if template is None:
+            raise refusal(name, SessionError(404, "Not Found", "no origin carries it"))
+        return origin_url(template, name)
+
     async def _pull(self, name: str, token: str | None) -> None:
+        url = await self._locate(name)
         stream = self._streams.get_or_create(name)
+        if stream.publisher is not None:
+            return  # a local publisher took the name meanwhile
         options = {
             "token": self._config.origin.token or token,
             "ice_servers": ice_servers(self._config) or None,  # else the origin's, from its OPTIONS
             "timeout": self._config.ice.connect_timeout,
             "unix_socket": self._unix_socket,
         }
-        pull = Pull(stream, origin_url(self._template, name), options, self._closed)
+        pull = Pull(stream, url, options, self._closed)
         self.pulls[name] = pull
         try:
             await pull.start()
@@ -205,13 +218,16 @@ class Edge:
         await asyncio.gather(*(asyncio.wait_for(pull.close("server shutting down"), SHUTDOWN_DELETE)
                                for pull in list(self.pulls.values())), return_exceptions=True)
         self._tasks.cancel()
+        if self._lookup:
+            await self._lookup.close()
 
 
 EDGE = web.AppKey("edge", Edge)
 
 
 def setup(app: web.Application, streams: Streams, config: Config, unix_socket: str | None = None) -> None:
-    """Edge mode for `app`: pull what it does not carry from `config.origin.url` (through `unix_socket`)."""
+    """Edge mode for `app`: pull what it does not carry from `config.origin.url` (through `unix_socket`)
+    or the origin the directory names."""
     edge = app[EDGE] = Edge(streams, config, unix_socket)
 
     async def close(_: web.Application) -> None:

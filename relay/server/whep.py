@@ -74,7 +74,8 @@ async def post(request: web.Request) -> web.Response:
     edge = request.app.get(EDGE)
     if edge is None:
         return await join(request, name, offer)
-    limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)  # before any pull
+    if not request.get(RELAY_PULL):
+        limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)  # before any pull
     async with edge.pulled(name, presented_token(request)):
         return await join(request, name, offer)
 
@@ -89,7 +90,8 @@ async def join(request: web.Request, name: str, offer: Offer) -> web.Response:
                       headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name)})
     check_codecs(offer, stream)
     address = request.remote or "unknown"
-    limits.admit_pending(ctx.sessions, address, ctx.config.limits)
+    if not request.get(RELAY_PULL):  # every worker pulls from one address, all at once when a stream starts
+        limits.admit_pending(ctx.sessions, address, ctx.config.limits)
     limits.admit_viewer(stream, ctx.config.limits)
     session = ViewerSession(ctx.sessions, stream, ctx.config, address)
     answer = await session.negotiate_or_close(offer)
