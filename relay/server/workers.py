@@ -34,6 +34,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,7 @@ class Pool:
         self._next = itertools.count()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._deadline = 0.0
 
     async def start(self) -> None:
         self._config_path.write_text(yaml.safe_dump(dataclasses.asdict(worker_config(self._config, self._secret))))
@@ -245,14 +247,21 @@ class Pool:
                                and not k.lower().startswith("access-control-"))  # CORS is the main process's
             return web.Response(status=reply.status, body=content, headers=kept)
 
-    async def close(self) -> None:
-        """SIGTERM every worker (they drain their viewers) and wait for them, within the shutdown grace."""
+    def terminate(self) -> None:
+        """SIGTERM every worker: each closes its viewers and its pulls, while this process closes its own."""
         self._closing = True
+        self._deadline = time.monotonic() + self._config.server.shutdown_grace * 0.9
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.send_signal(signal.SIGTERM)
+
+    async def close(self) -> None:
+        """Wait for the workers (killed if they outlast the shutdown grace), then let go of everything."""
+        if not self._closing:
+            self.terminate()
         running = [w.process for w in self.workers if w.process is not None and w.process.returncode is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
         try:
-            async with asyncio.timeout(self._config.server.shutdown_grace * 0.9):
+            async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
                 await asyncio.gather(*(process.wait() for process in running))
         except TimeoutError:
             for process in running:
@@ -303,15 +312,16 @@ def setup_main(app: web.Application, config: Config, count: int) -> str:
     async def start(_: web.Application) -> None:
         await pool.start()
 
+    async def terminate(_: web.Application) -> None:
+        pool.terminate()
+
     async def close(_: web.Application) -> None:
         await pool.close()
-
-    async def remove(_: web.Application) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
     app.on_startup.append(start)
-    app.on_shutdown.insert(0, close)
-    app.on_cleanup.append(remove)
+    app.on_shutdown.insert(0, terminate)  # the workers drain while this process closes its own sessions
+    app.on_cleanup.append(close)
     return pool.main_socket
 
 

@@ -61,12 +61,13 @@ async def test_three_viewers_on_an_edge_see_the_pattern_and_the_origin_sees_one(
             assert streams(edge)["cam"]["video"]["codec"] == "H264", "the edge carries the publisher's codec"
             assert all(v.codecs["video"] == "H264" for v in viewers_)
 
-            # A late joiner on the edge starts at a fresh keyframe: its PLI reached the publisher.
+            # A late joiner on the edge gets a picture and reaches the live one: a fresh keyframe (its PLI
+            # reached the publisher) or, if the edge judged the origin slow to answer, the GOP fast-forwarded.
             await asyncio.sleep(3)
             async with WhepClient(edge.url("/whep/cam"), kinds=("video",)) as late:
-                now = video.frames_sent
-                stamp = await first_stamp(late)
-                assert stamp.counter >= now - 10, f"the late joiner started at frame {stamp.counter} (now {now})"
+                async with asyncio.timeout(10):
+                    while (await first_stamp(late)).counter < video.frames_sent - 15:
+                        pass
 
             await asyncio.gather(*(v.close() for v in viewers_))
             assert viewers(origin, "cam") == 1, "the pull lingers after the last viewer left"
