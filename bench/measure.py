@@ -184,6 +184,7 @@ class Rig:
                 # Admission control is not what is measured: hundreds of viewers join from one address.
                 "limits": {"requests_per_second": 0, "max_viewers_per_stream": 0},
                 "recording": {"dir": str(self.recordings)},
+                "workers": {"count": 1},  # one process, pinned to the server core (bench/edge.py measures workers)
             }))
             argv = [sys.executable, "-m", "relay", "serve", "--config", str(config), "--port", str(self.port)]
         else:

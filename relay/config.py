@@ -156,6 +156,31 @@ class BotConfig:
 
 
 @dataclass
+class OriginConfig:
+    """Edge mode: streams this server does not carry are pulled from `url` over WHEP."""
+
+    url: str | None = None
+    token: str | None = None
+    linger: float = 5.0
+
+
+@dataclass
+class DirectoryConfig:
+    """Several origins: each registers its live streams in Redis, edges look them up there."""
+
+    redis_url: str | None = None
+    advertise: str | None = None
+    ttl: float = 10.0
+
+
+@dataclass
+class WorkersConfig:
+    """Viewer sessions spread over worker processes (`relay serve --workers`); 0: one per CPU."""
+
+    count: int = 0
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     ice: IceConfig = field(default_factory=IceConfig)
@@ -167,6 +192,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     bots: list[BotConfig] = field(default_factory=list)
+    origin: OriginConfig = field(default_factory=OriginConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
 
 VIDEO_CODECS = {"VP8", "H264"}
@@ -251,6 +279,12 @@ def validate(config: Config) -> None:
     _validate_limits(config.limits)
     _validate_data(config.data, config.chat)
     _validate_bots(config.bots)
+    _validate_origin(config.origin, config.workers)
+    if config.workers.count > 1 and config.server.tls_cert is not None:
+        # the main process's socket for its workers' pulls would be TLS too (aiohttp puts one context on every site)
+        raise ConfigError("workers.count: worker processes and server.tls_cert do not mix: terminate TLS in "
+                          "a reverse proxy (docs/deploy.md) or set workers.count: 1 (0 means 1 with TLS)")
+    _validate_directory(config.directory)
 
 
 def _validate_deployment(config: Config) -> None:
@@ -276,6 +310,30 @@ def _validate_deployment(config: Config) -> None:
         if len(ice.port_range) != 2 or not 1024 <= ice.port_range[0] <= ice.port_range[1] <= 65535:
             raise ConfigError(f"ice.port_range: {ice.port_range} must be [] (any port) or [low, high] "
                               "with 1024 <= low <= high <= 65535")
+
+
+def _validate_origin(origin: OriginConfig, workers: WorkersConfig) -> None:
+    if origin.url is not None and not origin.url.startswith(("http://", "https://")):
+        raise ConfigError(f"origin.url: {origin.url!r} must be an http:// or https:// URL")
+    problem = token_problem(origin.token)
+    if problem:
+        raise ConfigError(f"origin.token: {problem}")
+    if origin.linger < 0:
+        raise ConfigError("origin.linger: 0 (end at once) or a number of seconds")
+    if workers.count < 0:
+        raise ConfigError("workers.count: 0 (one per CPU) or a number of processes")
+
+
+def _validate_directory(directory: DirectoryConfig) -> None:
+    if directory.redis_url is not None and not directory.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"directory.redis_url: {directory.redis_url!r} must be a redis://, rediss:// or unix:// URL")
+    if directory.advertise is not None:
+        if directory.redis_url is None:
+            raise ConfigError("directory.advertise: set directory.redis_url too (where to register the streams)")
+        if not directory.advertise.startswith(("http://", "https://")):
+            raise ConfigError(f"directory.advertise: {directory.advertise!r} must be an http:// or https:// URL")
+    if directory.ttl < 1:
+        raise ConfigError("directory.ttl: at least 1 second")
 
 
 def _validate_recording(recording: RecordingConfig) -> None:

@@ -138,19 +138,21 @@ class RelayProcess:
 def spawn_relay(tmp_path: Path, settings: dict[str, Any] | None = None,
                 script: list[str] | None = None, env: dict[str, str] | None = None,
                 args: list[str] | None = None) -> RelayProcess:
-    """Start a server process on a free port with LOOPBACK settings; wait until it answers.
+    """Start a server process (one process unless `settings` say otherwise) with LOOPBACK settings
+    on a free port (or the one `settings` give); wait until it answers.
 
     `args` are added to `relay serve`'s command line; with --tls-cert it serves (and is polled
     over) HTTPS, its certificate unchecked.
     """
-    port = free_port()
+    port = (settings or {}).get("server", {}).get("port") or free_port()
     config = tmp_path / "relay.yaml"
-    config.write_text(yaml.safe_dump(merge(merge(LOOPBACK, {"server": {"port": port}}), settings or {})))
+    base = merge(LOOPBACK, {"server": {"port": port}, "workers": {"count": 1}})
+    config.write_text(yaml.safe_dump(merge(base, settings or {})))
     command = [sys.executable, *(script or ["-m", "relay"]), *([] if script else ["serve"]), "--config", str(config),
                *(args or [])]
     scheme = "https" if "--tls-cert" in (args or []) else "http"
     process = subprocess.Popen(command, env=env)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a ceiling: worker processes start slowly on a loaded machine
     while True:
         try:
             urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/api/streams", timeout=1,

@@ -46,7 +46,8 @@ def test_serve_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flags,key", [(["--port", "70000"], "server.port"), (["--port", "0"], "server.port"),
-                                       (["--recordings-dir", ""], "recording.dir"), (["--host", ""], "server.host")])
+                                       (["--recordings-dir", ""], "recording.dir"), (["--host", ""], "server.host"),
+                                       (["--workers", "-1"], "workers.count"), (["--origin", "ftp://x"], "origin.url")])
 def test_serve_checks_command_line_overrides_too(flags: list[str], key: str) -> None:
     result = subprocess.run([sys.executable, "-m", "relay", "serve", *flags],
                             capture_output=True, text=True, timeout=30)

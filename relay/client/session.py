@@ -77,7 +77,7 @@ def negotiated_codecs(sdp: str) -> dict[str, dict[int, str]]:
     }
 
 
-def _first_codec(codecs: dict[int, str]) -> str | None:
+def first_codec(codecs: dict[int, str]) -> str | None:
     return next((name for name in codecs.values() if name.lower() != "rtx"), None)
 
 
@@ -117,8 +117,10 @@ class Client:
         ice_servers: list[RTCIceServer] | None = None,
         timeout: float = 10.0,
         data_channels: Collection[str] = (),
+        unix_socket: str | None = None,
     ) -> None:
         self.url = url
+        self.unix_socket = unix_socket  # reach the server through this Unix socket (`url` names the path)
         self._labels = list(dict.fromkeys(data_channels))
         # The data channels this client opens, by label (see relay.client.channels).
         self.channels: dict[str, Channel] = {}
@@ -216,7 +218,8 @@ class Client:
         Whatever goes wrong, including cancellation, a session the server
         created is deleted before the exception propagates.
         """
-        self._http = aiohttp.ClientSession()
+        connector = aiohttp.UnixConnector(path=self.unix_socket) if self.unix_socket else None
+        self._http = aiohttp.ClientSession(connector=connector)
         try:
             given = self._given_ice_servers
             self.ice_servers_used = list(given) if given is not None else await self._discover_ice_servers()
@@ -295,7 +298,7 @@ class Client:
         assert self.pc is not None
         by_mid = negotiated_codecs(sdp)
         for transceiver in self.pc.getTransceivers():
-            name = _first_codec(by_mid.get(str(transceiver.mid), {}))
+            name = first_codec(by_mid.get(str(transceiver.mid), {}))
             if name:
                 self.codecs[transceiver.kind] = name
 

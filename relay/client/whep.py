@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCSessionDescription
+from aiortc import RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from relay.client.encoded import EncodedTrack
-from relay.client.session import Client, ClientError, Reply, SessionError, negotiated_codecs
+from relay.client.session import Client, ClientError, Reply, SessionError, first_codec, negotiated_codecs
 from relay.media import aiortc_patch
 from relay.media.peer import transceiver_of, until_media_ends
 from relay.sdp import SDP
@@ -25,6 +25,9 @@ class WhepClient(Client):
     asked for (or ask for fewer). With `encoded=True` nothing is decoded:
     `encoded` holds an `EncodedTrack` per kind whose `recv()` returns whole
     encoded frames (`EncodedFrame`).
+    With `on_receiver`, each receiver is handed to it with its codec name
+    instead (how an edge feeds a stream, exactly as a publisher's session
+    does), and `tracks` ends the client when it ends.
     A server that answers with a counter-offer (406, WHEP §4.3) is followed.
     `data_channels=["telemetry", ...]` opens those data channels (the viewer
     opens them; Relay creates none): `await recv(label)` or
@@ -37,11 +40,13 @@ class WhepClient(Client):
     counter_offer_statuses = (406,)
 
     def __init__(
-        self, url: str, kinds: tuple[str, ...] = ("video", "audio"), encoded: bool = False, **kwargs: Any
+        self, url: str, kinds: tuple[str, ...] = ("video", "audio"), encoded: bool = False,
+        on_receiver: Callable[[str, RTCRtpReceiver, str], None] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(url, **kwargs)
         self._kinds = kinds
         self._encoded = encoded
+        self._on_receiver = on_receiver
         self.tracks: dict[str, MediaStreamTrack] = {}
         self.encoded: dict[str, EncodedTrack] = {}
         self._payload_types: dict[str, dict[int, str]] = {}
@@ -54,16 +59,26 @@ class WhepClient(Client):
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self.tracks[track.kind] = track
-        if not self._encoded:
+        if not self._encoded and self._on_receiver is None:
             return
         # Emitted inside setRemoteDescription, before any packet can arrive.
         assert self.pc is not None
         transceiver = transceiver_of(self.pc, track)
         codecs = self._payload_types.get(str(transceiver.mid), {})
+        if self._on_receiver is not None:
+            codec = first_codec(codecs)
+            if codec is not None:  # else the answer rejected this kind: nothing will arrive
+                self._on_receiver(track.kind, transceiver.receiver, codec)
+                self.spawn(self._end_with(track))
+            return
         encoded = EncodedTrack(track.kind, transceiver.receiver, codecs)
         self.encoded[track.kind] = encoded
         aiortc_patch.tap_receiver(transceiver.receiver, encoded.on_packet)
         self.spawn(self._until_media_ends(track, encoded))
+
+    async def _end_with(self, track: MediaStreamTrack) -> None:
+        await until_media_ends(track)
+        self.ended.set()
 
     @staticmethod
     async def _until_media_ends(track: MediaStreamTrack, encoded: EncodedTrack) -> None:

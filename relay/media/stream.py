@@ -62,6 +62,10 @@ class Stream:
         self._publisher_connected = False
         self._claimed = 0.0
         self.viewers: set[Viewer] = set()
+        # Worker mode: viewers that are a worker's pull of this stream, and the
+        # viewers each worker serves from it (counted instead of its pull).
+        self.relays: set[Viewer] = set()
+        self.elsewhere: dict[str, int] = {}
         self.since: datetime | None = None
         self.size: tuple[int, int] | None = None
         self.nacks_sent = 0
@@ -90,8 +94,18 @@ class Stream:
 
     @property
     def watching(self) -> int:
-        """Viewers whose ICE connected: the ones that hold a seat and count everywhere."""
-        return sum(1 for viewer in self.viewers if viewer.connected)
+        """Viewers whose ICE connected: the ones that hold a seat and count everywhere (workers' too)."""
+        here = sum(1 for viewer in self.viewers if viewer.connected and viewer not in self.relays)
+        return here + sum(self.elsewhere.values())
+
+    def set_elsewhere(self, process: str, viewers: int) -> None:
+        """`process` (a worker) serves `viewers` viewers of this stream from its own pull."""
+        if self.elsewhere.get(process, 0) != viewers:
+            if viewers:
+                self.elsewhere[process] = viewers
+            else:
+                self.elsewhere.pop(process, None)
+            self._on_change(self)
 
     def sending(self, within: float = 0.5) -> bool:
         """The current publisher sent media in the last `within` s (a live one does every 20-40 ms)."""
@@ -237,6 +251,7 @@ class Stream:
     def unsubscribe(self, viewer: Viewer) -> None:
         """The viewer left: stop its tracks and keep what it was sent in the totals."""
         viewer.stop()
+        self.relays.discard(viewer)
         if viewer in self.viewers:
             self.viewers.discard(viewer)
             self._ended.update(frames_out=viewer.frames_sent, bytes_out=viewer.bytes_sent)

@@ -17,6 +17,8 @@ from relay.server import (
     bots,
     connections,
     data_api,
+    directory,
+    edge,
     endpoint,
     events,
     health,
@@ -106,7 +108,8 @@ def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, origin_socket: str | None = None) -> web.Application:
+    """The application; with `config.origin.url` an edge, pulling from it (through `origin_socket`)."""
     aiortc_patch.restrict_host_addresses(config.ice.host_addresses)
     aiortc_patch.set_consent_timeout(config.ice.consent_timeout)
     aiortc_patch.use_fast_ntp_clock()
@@ -129,6 +132,11 @@ def create_app(config: Config) -> web.Application:
     events.add_routes(app, ctx.streams)
     data_api.add_routes(app)  # data channels and the chat over HTTP
     pages.add_routes(app)
+    directory_ = config.directory
+    if config.origin.url or (directory_.redis_url and not directory_.advertise):  # edge mode
+        edge.setup(app, ctx.streams, config, origin_socket)
+    if directory_.advertise:  # an origin among several
+        directory.setup_registry(app, ctx.streams, directory_)
 
     async def close_sessions(app: web.Application) -> None:
         ctx.accepting = False

@@ -13,13 +13,14 @@ totals over all streams name none and are always there.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from relay.server import auth
@@ -93,14 +94,43 @@ class RelayCollector(Collector):
 
 
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+# Worker mode: the other processes' /metrics texts, by process name.
+OtherProcesses = Callable[[], Awaitable[list[tuple[str, str]]]]
+OTHER_PROCESSES: web.AppKey[OtherProcesses] = web.AppKey("metrics_other_processes")
+
+
+class AllProcesses(Collector):
+    """This process's series and the other processes' (parsed from their text), each labelled `process`.
+
+    Their per-stream series are filtered as this scrape may see them.
+    """
+
+    def __init__(self, own: CollectorRegistry, others: list[tuple[str, str]], named: Callable[[str], bool]) -> None:
+        self._sources = [("main", list(own.collect()))]
+        self._sources += [(name, list(text_string_to_metric_families(text))) for name, text in others]
+        self._named = named
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for process, families in self._sources:
+            for family in families:
+                into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                into.samples += [sample._replace(labels={**sample.labels, "process": process})
+                                 for sample in family.samples
+                                 if "stream" not in sample.labels or self._named(sample.labels["stream"])]
+        return iter(merged.values())
 
 
 async def metrics(request: web.Request) -> web.Response:
     """The text format, or OpenMetrics when the scraper's Accept asks for it."""
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    named = _NAMED.set(auth.metrics_streams(request))
+    others = request.app.get(OTHER_PROCESSES)
+    texts = await others() if others is not None else None
+    visible = auth.metrics_streams(request)
+    named = _NAMED.set(visible)
     try:
-        body = encoder(request.app[REGISTRY])
+        registry = request.app[REGISTRY]
+        body = encoder(registry if texts is None else AllProcesses(registry, texts, visible))
     finally:
         _NAMED.reset(named)
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -45,7 +45,7 @@ class Session:
     kind = "session"
 
     def __init__(self, sessions: Sessions, stream_name: str, config: Config, address: str) -> None:
-        self.id = secrets.token_urlsafe(18)
+        self.id = sessions.id_prefix + secrets.token_urlsafe(18)
         self.etag = f'"{secrets.token_hex(8)}"'
         self.stream_name = stream_name
         self.pc = new_peer_connection(ice_servers(config))
@@ -196,6 +196,7 @@ class Sessions:
     """Every live session by id: the counts tests and metrics read."""
 
     def __init__(self) -> None:
+        self.id_prefix = ""  # a worker's sessions name it ("w1."), so the main process routes to it
         self._by_id: dict[str, Session] = {}
         # Some clients close their peer connection before they DELETE: that
         # DELETE still deserves a 200, so closed sessions are remembered a while.

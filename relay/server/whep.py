@@ -10,7 +10,9 @@ from relay.media.stream import Stream
 from relay.media.viewer import Viewer
 from relay.sdp import CODEC_HINT, CODEC_MIME, Offer, accepts, offered_names
 from relay.server import limits
+from relay.server.auth import presented_token
 from relay.server.context import context
+from relay.server.edge import EDGE
 from relay.server.endpoint import created, read_offer, stream_name
 from relay.server.events import stream_events_link
 from relay.server.problems import Problem
@@ -18,6 +20,8 @@ from relay.server.proxy import base_path
 from relay.server.session import Session, Sessions
 
 RETRY_AFTER = 2
+# Set on a request that is a worker's pull (worker mode), by the middleware that routes requests to workers.
+RELAY_PULL = "relay_pull"
 
 
 class ViewerSession(Session):
@@ -74,6 +78,18 @@ async def post(request: web.Request) -> web.Response:
     ctx = context(request)
     name = stream_name(request)
     offer = await read_offer(request, ViewerSession.kind)
+    edge = request.app.get(EDGE)
+    if edge is None:
+        return await join(request, name, offer)
+    if not request.get(RELAY_PULL):
+        limits.admit_pending(ctx.sessions, request.remote or "unknown", ctx.config.limits)  # before any pull
+    async with edge.pulled(name, presented_token(request)):
+        return await join(request, name, offer)
+
+
+async def join(request: web.Request, name: str, offer: Offer) -> web.Response:
+    """A viewer session on the stream `name` as carried here."""
+    ctx = context(request)
     stream = ctx.streams.get(name)
     if stream is None or not stream.live:
         raise Problem(409, "stream-offline",
@@ -81,9 +97,12 @@ async def post(request: web.Request) -> web.Response:
                       headers={"Retry-After": str(RETRY_AFTER), "Link": stream_events_link(name, base_path(request))})
     check_codecs(offer, stream)
     address = request.remote or "unknown"
-    limits.admit_pending(ctx.sessions, address, ctx.config.limits)
+    if not request.get(RELAY_PULL):  # every worker pulls from one address, all at once when a stream starts
+        limits.admit_pending(ctx.sessions, address, ctx.config.limits)
     limits.admit_viewer(stream, ctx.config.limits)
     session = ViewerSession(ctx.sessions, stream, ctx.config, address)
     answer = await session.negotiate_or_close(offer)
+    if request.get(RELAY_PULL) and session.viewer is not None:
+        stream.relays.add(session.viewer)  # a worker's pull: its viewers are counted instead
     session.start()
     return created(request, session, answer, [stream_events_link(name, base_path(request))])

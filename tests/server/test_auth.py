@@ -182,7 +182,8 @@ def serve_output(tmp_path: Path, host: str, settings: str = "") -> str:
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", str(config),
-                                    "--host", host, "--port", str(free_port())], stdout=out, stderr=out)
+                                    "--host", host, "--port", str(free_port()), "--workers", "1"],
+                                   stdout=out, stderr=out)
         try:
             deadline = time.monotonic() + 20
             while "serving on" not in log.read_text():
