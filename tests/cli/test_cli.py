@@ -19,7 +19,7 @@ from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack, psnr, read_stamp
 from relay.server.session import Session
 
-from ..conftest import RunningRelay, make_media, start_relay
+from ..conftest import RunningRelay, make_media, relay_with, start_relay
 from ..encoder_hooks import install
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,26 +170,29 @@ async def test_watch_waits_for_the_stream_to_go_live(relay: RunningRelay) -> Non
     assert re.search(r"video VP8 320x240 (29|30|31)\.\d fps", run.stdout), run.stdout
 
 
-async def test_killed_publisher_is_replaced_at_once_and_watch_waits_for_it(relay: RunningRelay) -> None:
-    url_whip, url_whep = relay.url("/whip/crash"), relay.url("/whep/crash")
-    viewer = await spawn("watch", url_whep, "--wait", "--duration", "7", "--video-only")
-    first = await spawn("publish", url_whip, "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}", "--gop", "1")
-    await relay.wait_until(lambda: (s := relay.ctx.streams.get("crash")) is not None and s.watching == 1, timeout=20)
-    stream = relay.ctx.streams.get("crash")
-    assert stream is not None and stream.publisher is not None
-    killed = stream.publisher
-    first.kill()  # no DELETE, no BYE: the server still holds its session
-    await first.wait()
-    second = await spawn("publish", url_whip, "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}", "--gop", "1",
-                         "--duration", "6")
-    await relay.wait_until(lambda: stream.live and stream.publisher is not killed, timeout=10)
-    published = await finish(second, 20)
-    assert published.code == 0, published.stderr
-    watched = await finish(viewer, 20)
-    assert watched.code == 0, watched.stderr
-    assert "waiting for it to come back" in watched.stderr
-    assert watched.stderr.count(f"watching {url_whep}") == 2, watched.stderr  # the second publisher's stream
-    assert re.search(r"latency p50 \d+ ms", watched.stdout), watched.stdout  # it read the pattern's stamps
+async def test_killed_publisher_is_replaced_at_once_and_watch_waits_for_it() -> None:
+    """Without a reconnect grace the viewer's stream ends with its publisher, and `watch --wait` comes back."""
+    async with relay_with({"forwarding": {"reconnect_grace": 0}}) as relay:
+        url_whip, url_whep = relay.url("/whip/crash"), relay.url("/whep/crash")
+        viewer = await spawn("watch", url_whep, "--wait", "--duration", "7", "--video-only")
+        first = await spawn("publish", url_whip, "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}", "--gop", "1")
+        await relay.wait_until(lambda: (s := relay.ctx.streams.get("crash")) is not None and s.watching == 1,
+                               timeout=20)
+        stream = relay.ctx.streams.get("crash")
+        assert stream is not None and stream.publisher is not None
+        killed = stream.publisher
+        first.kill()  # no DELETE, no BYE: the server still holds its session
+        await first.wait()
+        second = await spawn("publish", url_whip, "--test-pattern", "--size", f"{WIDTH}x{HEIGHT}", "--gop", "1",
+                             "--duration", "6")
+        await relay.wait_until(lambda: stream.live and stream.publisher is not killed, timeout=10)
+        published = await finish(second, 20)
+        assert published.code == 0, published.stderr
+        watched = await finish(viewer, 20)
+        assert watched.code == 0, watched.stderr
+        assert "waiting for it to come back" in watched.stderr
+        assert watched.stderr.count(f"watching {url_whep}") == 2, watched.stderr  # the second publisher's stream
+        assert re.search(r"latency p50 \d+ ms", watched.stdout), watched.stdout  # it read the pattern's stamps
 
 
 async def test_probe_honours_retry_after() -> None:
