@@ -58,7 +58,6 @@ class CodecConfig:
 
 @dataclass
 class ForwardConfig:
-    viewer_queue_frames: int = 90
     hole_wait: float = 0.2
     keyframe_min_interval: float = 0.5
     keyframe_retry_interval: float = 1.0
@@ -197,8 +196,6 @@ def validate(config: Config) -> None:
         raise ConfigError("forwarding.takeover_idle: 0 (only with the publish token) or a number of seconds")
     if config.forwarding.reconnect_grace < 0:
         raise ConfigError("forwarding.reconnect_grace: 0 (viewers end with their publisher) or a number of seconds")
-    if config.forwarding.viewer_queue_frames < 2:
-        raise ConfigError("forwarding.viewer_queue_frames: must be at least 2")
     _validate_recording(config.recording)
     _validate_auth(config.auth)
     _validate_limits(config.limits)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,17 +272,6 @@ def on_nack_sent(receiver: RTCRtpReceiver, callback: Callable[[int], None]) -> N
     receiver._send_rtcp_nack = counted  # type: ignore[method-assign]
 
 
-def on_nack_received(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
-    """Call `callback` for each packet a viewer's NACK asks the sender to retransmit."""
-    retransmit = sender._retransmit
-
-    async def counted(sequence_number: int) -> None:
-        callback()
-        await retransmit(sequence_number)
-
-    sender._retransmit = counted  # type: ignore[method-assign]
-
-
 _NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
 
@@ -361,7 +351,7 @@ class SendPath:
     mid: str | None
     extensions: dict[str, int]  # negotiated header extension URI -> id
     protect: Callable[[bytes], bytes]
-    sendto: Callable[[bytes, tuple[str, int]], None]
+    sendto: Callable[[bytes, tuple[str, int]], Any]
     addr: tuple[str, int]
 
 
@@ -436,11 +426,18 @@ def forward_sender(
                 dtls.remove_listener("statechange", on_state)
                 on_closed()
 
+        # The host socket itself: asyncio's transport.sendto adds checks and a buffer
+        # (about a fifth of the cost here); a datagram the kernel cannot take now is
+        # lost like any UDP packet, and NACK repairs it. A TURN pair has no socket.
+        transport = pair.protocol.transport
+        sock = getattr(transport, "_sock", None)
+        sendto: Callable[[bytes, tuple[str, int]], Any] = (
+            sock.sendto if isinstance(sock, socket.socket) else transport.sendto)
         dtls.on("statechange", on_state)
         on_ready(SendPath(
             ssrc=sender._ssrc, rtx_ssrc=sender._rtx_ssrc, payload_type=codec.payloadType, rtx_payload_type=rtx,
             mid=parameters.muxId, extensions={e.uri: e.id for e in parameters.headerExtensions},
-            protect=dtls._tx_srtp.protect, sendto=pair.protocol.transport.sendto, addr=pair.remote_addr,
+            protect=dtls._tx_srtp.protect, sendto=sendto, addr=pair.remote_addr,
         ))
 
     sender.send = send_and_forward  # type: ignore[method-assign]

@@ -23,6 +23,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from relay.media.aiortc_patch import SEND_ERRORS, SendPath
 from relay.media.bitstream import h264_packet_keyframe, vp8_packet_keyframe
@@ -98,7 +99,7 @@ class Output:
         self.forwarder = forwarder
         self.state = State.NEW
         self.protect: Callable[[bytes], bytes] = bytes
-        self.sendto: Callable[[bytes, tuple[str, int]], None] = lambda data, addr: None
+        self.sendto: Callable[[bytes, tuple[str, int]], Any] = lambda data, addr: None
         self.addr: tuple[str, int] = ("", 0)
         self.ssrc = self.pt = self.b0 = 0
         self.ext = self.ext_tail = b""
@@ -164,17 +165,19 @@ class Output:
     def report_times(self) -> tuple[int, int]:
         """(NTP, RTP) of one instant in this viewer's timestamps: the publisher's SR mapping, offset.
 
-        Before the publisher's first SR: now, and the newest timestamp advanced
-        by the time since it came.
+        Before the publisher's first SR (or between publishers): now, and the
+        newest timestamp advanced by the time since it came.
         """
         fw = self.forwarder
         if fw.sender_report is not None:
             ntp, rtp = fw.sender_report
             return ntp, (rtp + self.ts_off) & _MASK32
         now = time.time()
-        if fw.last_seq < 0:
-            return _ntp(now), 0
-        return _ntp(now), (fw.last_ts + int((now - fw.last_time) * fw.clock_rate) + self.ts_off) & _MASK32
+        if fw.last_seq >= 0:
+            return _ntp(now), (fw.last_ts + int((now - fw.last_time) * fw.clock_rate) + self.ts_off) & _MASK32
+        if self.next_ts is not None:  # between publishers: where this viewer's clock would be now
+            return _ntp(now), (self.next_ts + int((now - self.next_time) * fw.clock_rate)) & _MASK32
+        return _ntp(now), 0  # nothing sent yet
 
     def retransmit(self, seq_out: int) -> None:
         self.forwarder.retransmit(self, seq_out)
@@ -263,7 +266,7 @@ class Forwarder:
             self._start_waiting(entry, now)
         self.packets += 1
         self.octets += len(payload)
-        self.frames += marker
+        self.frames += marker if self._video else 1  # an audio packet is a frame; its marker means a talkspurt
         live = self._live
         if live:
             pack = _HEADER.pack
