@@ -402,7 +402,6 @@ class Forwarder:
             self.remove(out)
         self.detach()
         self._waiting.clear()
-        self.codec = None
 
     # -- the cached-GOP start ---------------------------------------------------------------
 

@@ -155,7 +155,7 @@ class Stream:
     def add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str, clock_rate: int) -> None:
         """Any peer connection's receiver of `kind` feeds the stream (a WHIP publisher, a pulled stream)."""
         forwarder = self.forwarders[kind]
-        if forwarder.codec is not None and forwarder.codec.lower() != codec.lower():
+        if forwarder.outputs and forwarder.codec is not None and forwarder.codec.lower() != codec.lower():
             # The viewers negotiated the old codec: nothing is transcoded, so they end.
             self._end_viewers()
         forwarder.attach(codec)
