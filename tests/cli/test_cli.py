@@ -154,7 +154,9 @@ async def test_watch_records_what_arrives(relay: RunningRelay, tmp_path: Path, c
         stamps = [read_stamp(f) for f in container.decode(video=0)]
     counters = [s.counter for s in stamps if s is not None]
     assert len(counters) == len(stamps), "a recorded frame has no readable stamp"
-    assert 80 <= len(counters) <= 95
+    # A joiner may start from the cached frames since a keyframe under a second old, replayed
+    # as a fast-forward (retimed: the file still lasts 3 s): up to one GOP more frames.
+    assert 80 <= len(counters) <= 95 + FPS
     assert max(b - a for a, b in zip(counters, counters[1:])) == 1, "the recording skips frames"
     await relay.wait_until(lambda: len(relay.ctx.sessions) == 0)
 
@@ -167,7 +169,10 @@ async def test_watch_waits_for_the_stream_to_go_live(relay: RunningRelay) -> Non
     async with WhipClient(relay.url("/whip/later"), [TestPatternTrack(WIDTH, HEIGHT, FPS)], keyframe_interval=1):
         run = await finish(viewer, 15)  # it comes live only on the watch's next try
     assert run.code == 0, told + run.stderr
-    assert re.search(r"video VP8 320x240 (29|30|31)\.\d fps", run.stdout), run.stdout
+    fps = re.search(r"video VP8 320x240 (\d+\.\d) fps", run.stdout)
+    # A joiner may start with the frames since a keyframe under a second old, fast-forwarded:
+    # over this one-second watch up to a GOP (1 s) more than real time.
+    assert fps and 29 <= float(fps[1]) <= 2 * FPS + 1, run.stdout
 
 
 async def test_killed_publisher_is_replaced_at_once_and_watch_waits_for_it() -> None:
@@ -277,7 +282,7 @@ async def test_ctrl_c_deletes_the_sessions(relay: RunningRelay, monkeypatch: pyt
     await relay.wait_until(lambda: relay.ctx.streams.get("sig").packets_in > 0
                            and len(relay.ctx.streams.get("sig").viewers) == 1)
     # both ends in their steady state: a second of video has gone out to the watcher
-    await relay.wait_until(lambda: all(v.tracks["video"].frames_sent >= FPS
+    await relay.wait_until(lambda: all(v.outputs["video"].frames >= FPS
                                        for v in relay.ctx.streams.get("sig").viewers))
     viewer.send_signal(signal.SIGINT)  # first: once the publisher leaves, the server ends its viewers itself
     watched = await finish(viewer, 10)
