@@ -221,7 +221,8 @@ async def test_probe_three_viewers_json(relay: RunningRelay) -> None:
     assert result["viewers_without_video"] == 0
     assert 0 < result["join_ms"]["p50"] <= result["join_ms"]["p95"] < 3000
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] < 500
-    assert 25 <= result["fps"]["min"] <= result["fps"]["mean"] <= 31
+    # + up to a second's frames over the 3 s: a joiner's fast-forward from a keyframe under a second old
+    assert 25 <= result["fps"]["min"] <= result["fps"]["mean"] <= 31 + 30 / 3
     assert result["frames_lost"] <= 9 and result["freezes"] <= 3
     assert 100 < result["publisher_kbps"] < 3000
     assert all(v["frames"] >= 75 and v["frames_unstamped"] == 0 for v in result["per_viewer"])
