@@ -8,14 +8,16 @@ finished `av.Packet`s, which it only packetizes (the path Relay's viewers use).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
+from aiortc.mediastreams import MediaStreamTrack
 from av.video.frame import PictureType
 
 from relay.client.testpattern import VIDEO_CLOCK_RATE, TestPatternTrack, _Paced, make_frame
 from relay.media.fanout import FanOut, MediaFrame
-from relay.media.viewer import ViewerTrack
+from relay.media.gated_queue import GatedQueue
 
 VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 QUEUE_FRAMES = 30
@@ -56,6 +58,48 @@ def _rtp_packet(data: bytes, index: int, fps: int) -> av.Packet:
     return packet
 
 
+class PacketTrack(MediaStreamTrack):
+    """What a publisher's aiortc sender pulls: `LiveVideo`'s frames as `av.Packet`s, started on a keyframe.
+
+    It joins the fan-out on the sender's first `recv()`, so frames do not pile up before DTLS.
+    """
+
+    kind = "video"
+
+    def __init__(self, fanout: FanOut, request_keyframe: Callable[[], None]) -> None:
+        super().__init__()
+        self._fanout = fanout
+        self._request_keyframe = request_keyframe
+        self._queue: GatedQueue[MediaFrame] = GatedQueue(True, QUEUE_FRAMES, request_keyframe)
+        self._joined = False
+
+    @property
+    def waiting_keyframe(self) -> bool:
+        return self._queue.waiting_keyframe
+
+    @waiting_keyframe.setter
+    def waiting_keyframe(self, value: bool) -> None:
+        self._queue.waiting_keyframe = value
+
+    def push(self, frame: MediaFrame) -> None:
+        self._queue.push(frame, frame.keyframe)
+
+    def end(self) -> None:
+        self.stop()
+
+    async def recv(self) -> av.Packet:
+        if not self._joined and self.readyState == "live":
+            self._joined = True
+            self._fanout.add(self)
+            self._request_keyframe()
+        return (await self._queue.get()).packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._fanout.remove(self)
+        self._queue.close(discard=True)
+
+
 class LiveVideo:
     """Stamped test-pattern frames encoded as they are made, for every subscriber.
 
@@ -75,10 +119,10 @@ class LiveVideo:
         self._force = False
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self) -> ViewerTrack:
+    def subscribe(self) -> PacketTrack:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
-        return ViewerTrack(self.fanout, QUEUE_FRAMES, lambda reason: self.request_keyframe())
+        return PacketTrack(self.fanout, self.request_keyframe)
 
     def request_keyframe(self) -> None:
         self._force = True

@@ -72,12 +72,12 @@ class CodecConfig:
 
 @dataclass
 class ForwardConfig:
-    viewer_queue_frames: int = 90
     hole_wait: float = 0.2
     keyframe_min_interval: float = 0.5
     keyframe_retry_interval: float = 1.0
     gop_replay_bitrate: int = 20_000_000
     takeover_idle: float = 2.0
+    reconnect_grace: float = 30.0
 
 
 @dataclass
@@ -271,8 +271,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"ice.{key}: must be a positive number of seconds")
     if config.forwarding.takeover_idle < 0:
         raise ConfigError("forwarding.takeover_idle: 0 (only with the publish token) or a number of seconds")
-    if config.forwarding.viewer_queue_frames < 2:
-        raise ConfigError("forwarding.viewer_queue_frames: must be at least 2")
+    if config.forwarding.reconnect_grace < 0:
+        raise ConfigError("forwarding.reconnect_grace: 0 (viewers end with their publisher) or a number of seconds")
     _validate_deployment(config)
     _validate_recording(config.recording)
     _validate_auth(config.auth)

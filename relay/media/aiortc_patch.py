@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import socket
 import time
 import types
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import aioice
 import aioice.ice
@@ -27,6 +29,7 @@ import aiortc
 import aiortc.clock
 import aiortc.codecs
 import aiortc.rtp
+import pylibsrtp
 from aiortc import (
     RTCPeerConnection,
     RTCRtpCodecParameters,
@@ -37,10 +40,13 @@ from aiortc import (
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import MIN_BITRATE, Vp8Encoder
+from aiortc.mediastreams import MediaStreamTrack as _Track
 from aiortc.mediastreams import convert_timebase
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as _DtlsState
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtcrtpreceiver import NackGenerator
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from relay.sdp import RID_EXTENSIONS
 
@@ -310,17 +316,6 @@ def on_nack_sent(receiver: RTCRtpReceiver, callback: Callable[[int], None]) -> N
     receiver._send_rtcp_nack = counted  # type: ignore[method-assign]
 
 
-def on_nack_received(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
-    """Call `callback` for each packet a viewer's NACK asks the sender to retransmit."""
-    retransmit = sender._retransmit
-
-    async def counted(sequence_number: int) -> None:
-        callback()
-        await retransmit(sequence_number)
-
-    sender._retransmit = counted  # type: ignore[method-assign]
-
-
 _NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
 
@@ -530,3 +525,177 @@ def set_port_range(port_range: list[int]) -> None:
         aioice.ice.asyncio = _RangedAsyncio()
         aioice.turn.asyncio = _RangedAsyncio()
         aioice.ice.Connection.gather_candidates = _gather_or_fail  # type: ignore[method-assign]
+
+
+# --- Per-packet forwarding (issue 12): a viewer's sender without its RTP task -------------
+#
+# The forwarder writes each publisher packet, rewritten, straight to a viewer's SRTP
+# context and ICE socket (docs/design.md "Packets, not frames"). The viewer's stock
+# RTCRtpSender stays for what it does well (SDP, SSRCs, RTCP SR/SDES/BYE, RR stats):
+# its track never yields, so `_run_rtp` parks at `recv()` and `stop()` still completes
+# (cancelling that task instead makes `stop()` wait forever, rtcrtpsender.py:239-242).
+
+SEND_ERRORS = (pylibsrtp.Error, OSError)
+"""What a direct send may raise: a packet SRTP refuses (too long, replayed), a socket error."""
+
+
+def _check_forwarding() -> None:
+    problems = []
+    sender_names = RTCRtpSender.__init__.__code__.co_names
+    for name in ("_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+                 "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count"):
+        if name not in sender_names or name not in RTCRtpSender._run_rtcp.__code__.co_names:
+            problems.append(f"RTCRtpSender no longer reports {name} in its SR")
+    if "_tx_srtp" not in RTCDtlsTransport._send_rtp.__code__.co_names:
+        problems.append("RTCDtlsTransport._send_rtp no longer protects with _tx_srtp")
+    if "_nominated" not in aioice.ice.Connection.sendto.__code__.co_names:
+        problems.append("aioice Connection.sendto no longer sends on _nominated")
+    if "remote_addr" not in vars(aioice.ice.CandidatePair):
+        problems.append("aioice CandidatePair.remote_addr is gone")
+    if "_handle_rtcp_packet" not in vars(RTCRtpReceiver):
+        problems.append("RTCRtpReceiver._handle_rtcp_packet is gone")
+    if problems:
+        raise ImportError("relay.media.aiortc_patch: " + "; ".join(problems))
+
+
+_check_forwarding()
+
+
+class ParkedTrack(_Track):
+    """A sender's track that never yields: its `_run_rtp` waits here, encoding nothing."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    async def recv(self) -> Any:
+        await asyncio.get_running_loop().create_future()  # cancelled by the sender's stop()
+
+
+@dataclass(frozen=True, slots=True)
+class SendPath:
+    """What the forwarder needs of one viewer's sender, read once when it starts.
+
+    `protect`, `sendto` and `addr` are the viewer's SRTP context (shared with
+    aiortc's own RTCP: one per DTLS transport) and its nominated ICE pair's
+    socket: `sendto(protect(packet), addr)` is all a packet costs.
+    """
+
+    ssrc: int
+    rtx_ssrc: int
+    payload_type: int
+    rtx_payload_type: int | None
+    mid: str | None
+    extensions: dict[str, int]  # negotiated header extension URI -> id
+    protect: Callable[[bytes], bytes]
+    sendto: Callable[[bytes, tuple[str, int]], Any]
+    addr: tuple[str, int]
+
+
+class SenderReport(Protocol):
+    """Where a forwarded sender's SR reads its figures from (`Output` in media.forwarder)."""
+
+    @property
+    def packets(self) -> int: ...
+
+    @property
+    def octets(self) -> int: ...
+
+    def report_times(self) -> tuple[int, int]:
+        """(NTP time, RTP timestamp) of one instant, in the viewer's timestamps."""
+
+
+def _sr_field(name: str) -> property:
+    def get(sender: Any) -> int:
+        report: SenderReport = sender._relay_report
+        if name == "packets":
+            return report.packets
+        if name == "octets":
+            return report.octets
+        return report.report_times()[0 if name == "ntp" else 1]
+
+    return property(get, lambda sender, value: None)  # _run_rtp, parked, never writes
+
+
+class _ForwardedSender(RTCRtpSender):
+    """A sender whose SR figures come from the forwarder (the class of a forwarded sender).
+
+    Read only when `_run_rtcp` sends an SR (every 0.5-1.5 s), never per packet.
+    """
+
+    _RTCRtpSender__packet_count = _sr_field("packets")
+    _RTCRtpSender__octet_count = _sr_field("octets")
+    _RTCRtpSender__ntp_timestamp = _sr_field("ntp")
+    _RTCRtpSender__rtp_timestamp = _sr_field("rtp")
+
+
+def forward_sender(
+    sender: RTCRtpSender,
+    report: SenderReport,
+    on_ready: Callable[[SendPath], None],
+    on_closed: Callable[[], None],
+) -> None:
+    """Make `sender` a forwarded one: `on_ready` gets its send path once DTLS is up.
+
+    aiortc calls `send()` once DTLS is connected (rtcpeerconnection.py:1085-1089),
+    so `_tx_srtp` and the nominated pair exist then. `on_closed` is called when
+    the DTLS transport closes or fails: the forwarder must stop sending to it.
+    """
+    sender._relay_report = report  # type: ignore[attr-defined]
+    sender.__class__ = _ForwardedSender
+    send = sender.send
+
+    async def send_and_forward(parameters: RTCRtpSendParameters) -> None:
+        await send(parameters)
+        dtls = sender.transport
+        if dtls._state is not _DtlsState.CONNECTED:
+            return
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return
+        codec = parameters.codecs[0]
+        assert codec.payloadType is not None  # negotiated
+        rtx = next((c.payloadType for c in parameters.codecs
+                    if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt") == codec.payloadType), None)
+
+        def on_state() -> None:
+            if dtls._state in (_DtlsState.CLOSED, _DtlsState.FAILED):
+                dtls.remove_listener("statechange", on_state)
+                on_closed()
+
+        # The host socket itself: asyncio's transport.sendto adds checks and a buffer
+        # (about a fifth of the cost here); a datagram the kernel cannot take now is
+        # lost like any UDP packet, and NACK repairs it. A TURN pair has no socket.
+        transport = pair.protocol.transport
+        sock = getattr(transport, "_sock", None)
+        sendto: Callable[[bytes, tuple[str, int]], Any] = (
+            sock.sendto if isinstance(sock, socket.socket) else transport.sendto)
+        dtls.on("statechange", on_state)
+        on_ready(SendPath(
+            ssrc=sender._ssrc, rtx_ssrc=sender._rtx_ssrc, payload_type=codec.payloadType, rtx_payload_type=rtx,
+            mid=parameters.muxId, extensions={e.uri: e.id for e in parameters.headerExtensions},
+            protect=dtls._tx_srtp.protect, sendto=sendto, addr=pair.remote_addr,
+        ))
+
+    sender.send = send_and_forward  # type: ignore[method-assign]
+
+
+def on_retransmit_request(sender: RTCRtpSender, callback: Callable[[int], None]) -> None:
+    """Give each sequence number a viewer's NACK asks for to `callback` (the stock history is empty)."""
+
+    async def retransmit(sequence_number: int) -> None:
+        callback(sequence_number & 0xFFFF)  # aiortc does not mask NACK's lost values (rtp.py:512)
+
+    sender._retransmit = retransmit  # type: ignore[method-assign]
+
+
+def on_sender_report(receiver: RTCRtpReceiver, callback: Callable[[int, int], None]) -> None:
+    """Tell `callback` each (NTP time, RTP timestamp) pair of the publisher's sender reports."""
+    handle = receiver._handle_rtcp_packet
+
+    async def handle_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            callback(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+        await handle(packet)
+
+    receiver._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]

@@ -132,3 +132,50 @@ def h264_size(frame: bytes) -> tuple[int, int] | None:
 
 def video_size(codec: str, frame: bytes) -> tuple[int, int] | None:
     return vp8_size(frame) if codec.lower() == "vp8" else h264_size(frame)
+
+
+def vp8_packet_keyframe(payload: bytes) -> bool:
+    """The first packet of a VP8 keyframe: S=1, PID 0 and the P bit clear (RFC 7741 §4.2-4.3).
+
+    Skips the payload descriptor (X; then I with M, L, T|K) to reach the
+    first byte of the VP8 frame.
+    """
+    if len(payload) < 2 or payload[0] & 0x17 != 0x10:
+        return False
+    pos = 1
+    if payload[0] & 0x80:
+        ext = payload[1]
+        pos = 2
+        if ext & 0x80:
+            pos += 2 if len(payload) > pos and payload[pos] & 0x80 else 1
+        if ext & 0x40:
+            pos += 1
+        if ext & 0x30:
+            pos += 1
+    return len(payload) > pos and payload[pos] & 0x01 == 0
+
+
+def h264_packet_keyframe(payload: bytes) -> int:
+    """Whether an RTP packet starts an H.264 keyframe: 2 if it carries an SPS, 1 an IDR start, else 0.
+
+    Single NAL (type 7 or 5), STAP-A (an inner type 7 or 5) or the FU-A start
+    of an IDR (RFC 6184 §5.6-5.8). A keyframe starts at the SPS when there is
+    one, so its parameter sets reach the viewer before the IDR.
+    """
+    if not payload:
+        return 0
+    nal = payload[0] & 0x1F
+    if nal == 28:
+        return 1 if len(payload) > 1 and payload[1] & 0x80 and payload[1] & 0x1F == H264_IDR else 0
+    if nal == 24:
+        found, pos = 0, 1
+        while pos + 2 < len(payload):
+            size = int.from_bytes(payload[pos:pos + 2], "big")
+            inner = payload[pos + 2] & 0x1F
+            if inner == H264_SPS:
+                return 2
+            if inner == H264_IDR:
+                found = 1
+            pos += 2 + size
+        return found
+    return 2 if nal == H264_SPS else 1 if nal == H264_IDR else 0

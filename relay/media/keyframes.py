@@ -45,6 +45,10 @@ class KeyframeRequester:
         self._pending = True
         self._wake.set()
 
+    def keyframe_arrived(self) -> None:
+        """A keyframe came: it serves every request still pending (one keyframe, every waiting viewer)."""
+        self._pending = False
+
     def close(self) -> None:
         self._task.cancel()
 

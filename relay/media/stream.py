@@ -2,7 +2,10 @@
 
 Both sides join here: the publisher session hands each receiver to
 `add_receiver`, a viewer session gets its senders from `subscribe`.
-Viewers and recorders only ever see `MediaFrame`s.
+Viewers get the publisher's RTP packets through the stream's forwarders;
+recorders get `MediaFrame`s. The forwarders outlive a publisher: one that
+comes back within `reconnect_grace` with the same codecs takes over the
+viewers where they were.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from relay.media.bitstream import video_size
 from relay.media.chat import CHAT_LABEL, Chat
 from relay.media.datachannels import StreamData
 from relay.media.fanout import FanOut
+from relay.media.forwarder import Forwarder
 from relay.media.keyframes import KeyframeRequester
 from relay.media.meter import RateMeter
 from relay.media.tap import PublisherTap
-from relay.media.viewer import Viewer, ViewerTrack
-from relay.sdp import CODEC_MIME
+from relay.media.viewer import Viewer
+from relay.sdp import CLOCK_RATES, CODEC_MIME
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,14 @@ class Stream:
         self.chat = Chat(name, chat or ChatConfig(), self.data)
         self.config = config
         self._on_change = on_change
+        self.meter_in = RateMeter()
+        self.meter_out = RateMeter()
         self.fanouts = {"video": FanOut("video"), "audio": FanOut("audio")}
+        self.forwarders = {kind: Forwarder(kind, CLOCK_RATES[kind], self.meter_out, self.request_keyframe,
+                                           lambda: self.answers_keyframe_requests, self._keyframe_arrived,
+                                           config.gop_replay_bitrate)
+                           for kind in ("video", "audio")}
+        self._grace: asyncio.TimerHandle | None = None  # the viewers wait this long for a publisher
         self.tracks: dict[str, PublisherTap] = {}
         # The publisher holds the stream from its POST, but the stream is live
         # only once its ICE connects: a half-open session is never "live".
@@ -76,8 +87,6 @@ class Stream:
         self.recording_error: str | None = None  # why recording this stream last failed, until it works again
         # What others say about the stream in its description (its bots, the bot that makes it).
         self.notes: dict[str, Any] = {}
-        self.meter_in = RateMeter()
-        self.meter_out = RateMeter()
         self._receivers: dict[str, RTCRtpReceiver] = {}
         self._keyframes: KeyframeRequester | None = None
         self._started = 0.0
@@ -141,9 +150,12 @@ class Stream:
             PLI_CHECK_DELAY, self.request_keyframe, "check: does the publisher answer?")
         self.publisher = publisher
         self._claimed = time.monotonic()
+        if self._grace is not None:  # a publisher came back: the viewers stay
+            self._grace.cancel()
+            self._grace = None
         self._keyframes = KeyframeRequester(
             self._send_pli,
-            self.fanouts["video"].any_waiting,
+            self._any_waiting,
             self.config.keyframe_min_interval,
             self.config.keyframe_retry_interval,
         )
@@ -152,21 +164,39 @@ class Stream:
     def publisher_connected(self, publisher: Publisher) -> None:
         """The publisher's ICE is up: from now on the stream is live."""
         if self.publisher is publisher and not self._publisher_connected:
+            if any(forwarder.outputs and kind not in self.tracks for kind, forwarder in self.forwarders.items()):
+                self._end_viewers()  # a publisher that came back without a kind its viewers watch
             self._publisher_connected = True
             self.since = datetime.now(UTC)
             self._started = time.monotonic()
             self._on_change(self)
 
+    def _any_waiting(self) -> bool:
+        return self.forwarders["video"].waiting() or self.fanouts["video"].any_waiting()
+
     def add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str, clock_rate: int,
                      profile: str | None = None) -> None:
-        """Take the publisher's `kind` from `receiver`; `profile` is H.264's profile-level-id, for viewers."""
-        track = PublisherTap(kind, codec, clock_rate, self.fanouts[kind], (self.meter_in, self.meter_out),
+        """Any peer connection's receiver of `kind` feeds the stream (a WHIP publisher, a pulled stream).
+
+        `profile` is H.264's profile-level-id, which viewers must take.
+        """
+        forwarder = self.forwarders[kind]
+        if forwarder.outputs and forwarder.codec is not None and forwarder.codec.lower() != codec.lower():
+            # The viewers negotiated the old codec: nothing is transcoded, so they end.
+            self._end_viewers()
+        forwarder.attach(codec)
+        track = PublisherTap(kind, codec, clock_rate, self.fanouts[kind], forwarder, self.meter_in,
                              self.config.hole_wait, self.video_keyframe, self.request_keyframe)
         track.profile = profile
         self.tracks[kind] = track
         self._receivers[kind] = receiver
         aiortc_patch.tap_receiver(receiver, track.on_packet)
+        aiortc_patch.on_sender_report(receiver, forwarder.on_sender_report)
         aiortc_patch.on_nack_sent(receiver, self._count_nacks_sent)
+
+    def _keyframe_arrived(self) -> None:
+        if self._keyframes:
+            self._keyframes.keyframe_arrived()
 
     def _count_nacks_sent(self, packets: int) -> None:
         self.nacks_sent += packets
@@ -195,7 +225,24 @@ class Stream:
             for sink in tuple(fanout.sinks):
                 sink.end()
             fanout.reset()
+        for forwarder in self.forwarders.values():
+            forwarder.detach()  # the viewers keep their numbering, and wait
+        grace = self.config.reconnect_grace
+        if self.viewers and grace > 0:
+            self._grace = asyncio.get_running_loop().call_later(grace, self._end_viewers)
+        else:
+            self._end_viewers()
         self._on_change(self)
+
+    def _end_viewers(self) -> None:
+        """No publisher came back in time, or it came back with another codec: the viewers end."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        for viewer in tuple(self.viewers):
+            viewer.end()
+        for forwarder in self.forwarders.values():
+            forwarder.end()
 
     def request_keyframe(self, reason: str) -> None:
         if self._keyframes:
@@ -230,13 +277,10 @@ class Stream:
 
         `on_end` is called when the stream ends under the viewer (the publisher left).
         """
-        # Start from the cached GOP only when asking for a keyframe would not bring one soon.
-        replay = 0 if self.answers_keyframe_requests else self.config.gop_replay_bitrate
-        tracks = {kind: ViewerTrack(self.fanouts[kind], self.config.viewer_queue_frames, self.request_keyframe, replay)
-                  for kind in kinds if kind in self.tracks}
-        viewer = Viewer(tracks, on_end)
+        forwarders = {kind: self.forwarders[kind] for kind in kinds if kind in self.tracks}
+        viewer = Viewer(forwarders, on_end)
         viewer.add_senders(pc, {kind: (CODEC_MIME[self.tracks[kind].codec], self.tracks[kind].profile)
-                                for kind in tracks},
+                                for kind in forwarders},
                            lambda: self.request_keyframe("viewer PLI/FIR"), self.count_nack_received)
         self.viewers.add(viewer)
         self._on_change(self)
@@ -255,6 +299,8 @@ class Stream:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
             self._ended.update(frames_out=viewer.frames_sent, bytes_out=viewer.bytes_sent)
+            if not self.viewers and self._grace is not None:  # nobody left to keep for a publisher
+                self._end_viewers()
             self._on_change(self)
 
     def add_channel(self, channel: RTCDataChannel, session: str, publisher: bool) -> None:

@@ -1,7 +1,9 @@
-"""A publisher's receiver, tapped: RTP packets in, encoded frames out to the fan-out.
+"""A publisher's receiver, tapped: each RTP packet to the forwarder, and encoded frames to the fan-out.
 
 `aiortc_patch.tap_receiver` hands each packet here after RTX unwrap and
-depayload, before aiortc's jitter buffer: nothing is ever decoded.
+depayload, before aiortc's jitter buffer: nothing is ever decoded. Viewers
+get the packets as they are (`media.forwarder`); frames are assembled once
+per stream, for the recorders, the picture size and keyframe bookkeeping.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import av
 from relay.media.aiortc_patch import DepayloadedPacket
 from relay.media.assembler import AudioSequencer, EncodedFrame, VideoAssembler
 from relay.media.fanout import FanOut, MediaFrame
+from relay.media.forwarder import Forwarder
 from relay.media.meter import RateMeter
 
 
@@ -26,7 +29,8 @@ class PublisherTap:
         codec: str,
         clock_rate: int,
         fanout: FanOut,
-        meters: tuple[RateMeter, RateMeter],
+        forwarder: Forwarder,
+        meter_in: RateMeter,
         hole_wait: float,
         on_keyframe: Callable[[str, bytes], None],
         request_keyframe: Callable[[str], None],
@@ -36,7 +40,8 @@ class PublisherTap:
         self.profile: str | None = None  # H.264's profile-level-id, which viewers must take
         self.ssrc: int | None = None
         self._fanout = fanout
-        self._meter_in, self._meter_out = meters
+        self._forwarder = forwarder
+        self._meter_in = meter_in
         self._on_keyframe = on_keyframe if kind == "video" else None
         self._request_keyframe = request_keyframe
         self._time_base = Fraction(1, clock_rate)
@@ -49,18 +54,20 @@ class PublisherTap:
 
     def on_packet(self, packet: DepayloadedPacket) -> None:
         self.ssrc = packet.ssrc
+        self._forwarder.on_packet(packet.sequence_number, packet.timestamp, packet.marker, packet.payload)
         self._meter_in.add(len(packet.payload) + 12)
         self.assembler.add(packet)
 
     def _on_frame(self, frame: EncodedFrame) -> None:
         if self._base is None:
-            self._base = frame.timestamp
+            self._base = frame.timestamp  # the publisher's start: recorders align audio and video on it
+        if frame.keyframe and self._on_keyframe is not None:
+            self._on_keyframe(self.codec, frame.data)
+        if not self._fanout.sinks:
+            return  # nobody records: no av.Packet to build
         packet = av.Packet(frame.data)
         packet.pts = packet.dts = frame.timestamp - self._base
         packet.time_base = self._time_base
-        if frame.keyframe and self._on_keyframe is not None:
-            self._on_keyframe(self.codec, frame.data)
-        self._meter_out.add(len(frame.data) * len(self._fanout.sinks))
         self._fanout.push(MediaFrame(packet, frame.keyframe, len(frame.data)))
 
     def _on_loss(self) -> None:

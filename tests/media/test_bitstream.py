@@ -12,12 +12,14 @@ from relay.media.bitstream import (
     H264_IDR,
     H264_SPS,
     h264_nal_units,
+    h264_packet_keyframe,
     h264_packet_nal_type,
     h264_size,
     h264_sps_size,
     video_size,
     vp8_frame_start,
     vp8_keyframe,
+    vp8_packet_keyframe,
     vp8_size,
 )
 
@@ -87,3 +89,30 @@ def test_h264_packet_nal_type_looks_inside_stap_a_and_fu_a() -> None:
     fu_a_start = bytes([0x7C, 0x85, 0x00])  # FU indicator type 28, header S=1 type 5
     assert h264_packet_nal_type(fu_a_start) == H264_IDR
     assert h264_packet_nal_type(b"") == 0
+
+
+def test_vp8_keyframes_are_found_at_packet_level_behind_any_descriptor() -> None:
+    key, delta = b"\x50", b"\x51"  # first VP8 frame byte: P bit clear / set
+    assert vp8_packet_keyframe(b"\x10" + key)
+    assert not vp8_packet_keyframe(b"\x10" + delta)
+    assert vp8_packet_keyframe(b"\x90\x80\x12" + key)  # X, I with a 7-bit picture id
+    assert vp8_packet_keyframe(b"\x90\xe0\x80\x12\x05\x20" + key)  # I (15-bit), L, T
+    assert not vp8_packet_keyframe(b"\x90\xe0\x80\x12\x05\x20" + delta)
+    assert not vp8_packet_keyframe(b"\x00" + key), "not a frame start"
+    assert not vp8_packet_keyframe(b"\x11" + key), "partition 1"
+
+
+def test_h264_keyframes_are_found_in_single_nal_stap_a_and_fu_a() -> None:
+    sps, pps, idr, slice_ = b"\x67\x42", b"\x68\xce", b"\x65\x88", b"\x41\x9a"
+    assert h264_packet_keyframe(sps) == 2 and h264_packet_keyframe(idr) == 1
+    assert h264_packet_keyframe(slice_) == 0 and h264_packet_keyframe(pps) == 0
+
+    def stap(*nals: bytes) -> bytes:
+        return b"\x18" + b"".join(len(n).to_bytes(2, "big") + n for n in nals)
+
+    assert h264_packet_keyframe(stap(sps, pps)) == 2
+    assert h264_packet_keyframe(stap(pps, idr)) == 1
+    assert h264_packet_keyframe(stap(pps, slice_)) == 0
+    assert h264_packet_keyframe(b"\x7c\x85" + bytes(10)) == 1  # FU-A, S=1, IDR
+    assert h264_packet_keyframe(b"\x7c\x05" + bytes(10)) == 0  # FU-A continuation
+    assert h264_packet_keyframe(b"\x7c\x81" + bytes(10)) == 0  # FU-A start of a non-IDR slice

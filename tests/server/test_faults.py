@@ -74,8 +74,10 @@ async def test_killed_viewer_is_released_and_the_others_keep_watching() -> None:
 
 
 async def test_killed_publisher_is_released_viewers_told_and_recording_finalised(tmp_path: Path) -> None:
+    """Without a reconnect grace (test_packets covers it) the viewers end with the killed publisher."""
     root = tmp_path / "rec"
-    async with relay_with({"recording": {"enabled": True, "dir": str(root)}}) as relay:
+    settings = {"recording": {"enabled": True, "dir": str(root)}, "forwarding": {"reconnect_grace": 0}}
+    async with relay_with(settings) as relay:
         url = relay.url("/whip/cam")
         with peer_process("publish", url, "--test-pattern", "--size", "160x120", "--no-audio") as publisher:
             await relay.wait_until(lambda: relay.ctx.streams.get("cam") is not None

@@ -148,7 +148,7 @@ async def test_a_fault_of_relay_during_negotiation_is_a_logged_500(
     sdp = {"Content-Type": "application/sdp"}
     async with WhipClient(relay.url("/whip/cam"), [TestPatternTrack(160, 120), ToneTrack()], video_codec="VP8"):
         await relay.wait_until(lambda: len(relay.ctx.streams.get("cam").tracks) == 2)
-        monkeypatch.setattr("relay.media.viewer.aiortc_patch.use_packer", broken)
+        monkeypatch.setattr("relay.media.viewer.aiortc_patch.forward_sender", broken)
         response, body = await request("POST", relay.url("/whep/cam"), await make_offer("recvonly"), **sdp)
         assert_problem(response, body, 500, "server log")
         assert "a bug in Relay" in caplog.text  # the traceback is in the log, not in the answer

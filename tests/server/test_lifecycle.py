@@ -10,14 +10,28 @@ from aiortc import RTCPeerConnection
 from relay.client import WhepClient, WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack, latency_ms, wall_ms
 
-from ..conftest import RunningRelay, assert_nothing_left, first_stamp, live_relay_tasks, start_relay, wait_ended
+from ..conftest import (
+    RunningRelay,
+    assert_nothing_left,
+    first_stamp,
+    live_relay_tasks,
+    relay_with,
+    start_relay,
+    wait_ended,
+)
 
 
 def publisher(relay: RunningRelay, name: str = "s", video: TestPatternTrack | None = None) -> WhipClient:
     return WhipClient(relay.url(f"/whip/{name}"), [video or TestPatternTrack(160, 120), ToneTrack()])
 
 
-async def test_delete_publisher_ends_viewers_and_frees_the_name(relay: RunningRelay) -> None:
+async def test_delete_publisher_ends_viewers_and_frees_the_name() -> None:
+    """Without a reconnect grace the viewers end with the publisher (test_packets: with one, they stay)."""
+    async with relay_with({"forwarding": {"reconnect_grace": 0}}) as relay:
+        await delete_publisher_ends_viewers(relay)
+
+
+async def delete_publisher_ends_viewers(relay: RunningRelay) -> None:
     pub = publisher(relay)
     await pub.start()
     viewer = WhepClient(relay.url("/whep/s"))

@@ -37,8 +37,8 @@ async def test_metrics_follow_a_publisher_and_its_viewers(tmp_path: Path) -> Non
                 await first_stamp(viewer)
             stream = relay.ctx.streams.get("m")
             # a second of video (30 fps) and audio (50 frames/s) to each viewer, and some of it recorded
-            await relay.wait_until(lambda: all(v.tracks["video"].frames_sent >= 30
-                                               and v.tracks["audio"].frames_sent >= 50 for v in stream.viewers)
+            await relay.wait_until(lambda: all(v.outputs["video"].frames >= 30
+                                               and v.outputs["audio"].frames >= 50 for v in stream.viewers)
                                    and recordings(relay).recorder("m").bytes_written > 1000)
             packets_before = stream.packets_in
             frames_before = sum(v.frames_sent for v in stream.viewers)
