@@ -1,6 +1,6 @@
-"""The experiments: CPU and capacity sweeps, join time, relay-added latency.
+"""The experiments: CPU and capacity sweeps, join time, flash crowds, relay-added latency, loss.
 
-One `Rig` is a server under test (Relay or the MediaRelay baseline) pinned to
+One `Rig` is a server under test (Relay, Janus or the MediaRelay baseline) pinned to
 one core, plus a publisher, a probe (the measuring viewer) and load-generator
 processes pinned to another. Every figure is taken from the server's
 /proc/PID/stat over a timed window; forwarded packets are what the viewers
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import sys
@@ -24,7 +25,9 @@ import aiohttp
 import av
 import yaml
 
-from .peers import LOOPBACK
+from .janus import facade, janus_process
+from .netns import VETH_PEER_ADDRESS, packet_loss
+from .peers import LOOPBACK, MEDIA_ADDRESS
 from .proc import (
     Child,
     child_env,
@@ -45,6 +48,9 @@ SATURATED = 0.9  # our processes using this much of their core are the limit
 NO_PROBE = {"fps": 0.0, "rtp_loss": 0.0, "missing_frames": 0, "max_gap_ms": None, "rtp_received": 0}
 BUSY = 0.97  # a core this busy, whoever uses it, starves what we measure
 LOOP_GOP = 1.0
+# Janus's threading: None keeps its default (one event loop per handle), 1 shares one loop.
+JANUS = {"janus": None, "janus-el1": 1}
+SERVERS = ["relay", "janus", "janus-el1", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -75,17 +81,30 @@ class Plan:
     latency_seconds: float
     latency_load: list[int]
     load_processes: int
-    servers: list[str] = field(default_factory=lambda: ["relay", "baseline"])
+    janus_counts: list[int]
+    crowd: int  # viewers joining at once
+    crowd_rounds: int
+    crowd_gops: list[float]
+    loss: list[float]  # drop probabilities, on every UDP datagram delivered in the namespace
+    loss_seconds: float
+    loss_viewers: int  # the probe included
+    servers: list[str] = field(default_factory=lambda: list(SERVERS))
+    # Join, latency, crowd and loss experiments run on these only (Janus's one-loop variant
+    # differs in threading, which the CPU sweeps measure).
+    extras: list[str] = field(default_factory=lambda: ["relay", "janus", "baseline"])
 
 
 FULL = Plan(
     sizes=["480p", "720p"],
-    relay_counts=[1, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512],
-    baseline_counts=[1, 2, 3, 4, 6, 8, 12, 16],
-    window=6.0, settle=2.0,
-    gops=[1.0, 4.0], joins=20, join_pause=0.3, join_spread=1.0, ignore_pli_gops=[1.0, 4.0],
-    latency_seconds=15.0, latency_load=[0, 15],
+    relay_counts=[1, 16, 64, 128, 192, 256, 384, 512],
+    baseline_counts=[1, 2, 4, 6],
+    window=4.0, settle=1.5,
+    gops=[1.0, 4.0], joins=10, join_pause=0.3, join_spread=1.0, ignore_pli_gops=[1.0, 4.0],
+    latency_seconds=8.0, latency_load=[0, 15],
     load_processes=4,
+    janus_counts=[1, 16, 64, 128, 192, 256, 384, 512],
+    crowd=32, crowd_rounds=2, crowd_gops=[1.0, 4.0],
+    loss=[0.0, 0.02, 0.05], loss_seconds=12.0, loss_viewers=4,
 )
 SHORT = Plan(
     sizes=["480p"],
@@ -95,6 +114,10 @@ SHORT = Plan(
     gops=[1.0, 4.0], joins=3, join_pause=0.2, join_spread=0.1, ignore_pli_gops=[],
     latency_seconds=3.0, latency_load=[0],
     load_processes=2,
+    janus_counts=[1, 6],
+    crowd=4, crowd_rounds=1, crowd_gops=[1.0],
+    loss=[0.0, 0.05], loss_seconds=3.0, loss_viewers=2,
+    servers=["relay", "baseline"],  # Janus has its own smoke test (tests/bench/test_janus.py)
 )
 
 
@@ -172,12 +195,17 @@ class Rig:
         self.loop_frames: int | None = None
         self.join_errors: list[str] = []
         self.recordings = log_dir / f"recordings-{kind}"
+        self._janus = contextlib.AsyncExitStack()
+        # Janus's peers offer the veth address: libnice's checks to 127.0.0.1 never succeed.
+        self.env = {MEDIA_ADDRESS: VETH_PEER_ADDRESS} if kind in JANUS else {}
 
     def url(self, path: str) -> str:
         return f"http://{LOOPBACK}:{self.port}{path}"
 
     async def __aenter__(self) -> Rig:
-        if self.kind == "relay":
+        if self.kind in JANUS:
+            await self._start_janus()
+        elif self.kind == "relay":
             config = self.log_dir / "relay.yaml"
             config.write_text(yaml.safe_dump({
                 "ice": {"host_addresses": [LOOPBACK]},
@@ -189,18 +217,30 @@ class Rig:
         else:
             argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
                     "--recordings-dir", str(self.recordings)]
-        with (self.log_dir / f"{self.kind}-server.log").open("ab") as log:
-            self.server = await asyncio.create_subprocess_exec(
-                *pinned(self.server_core, argv), stdout=log, stderr=log, env=child_env(),
-            )
+        if self.kind not in JANUS:
+            with (self.log_dir / f"{self.kind}-server.log").open("ab") as log:
+                self.server = await asyncio.create_subprocess_exec(
+                    *pinned(self.server_core, argv), stdout=log, stderr=log, env=child_env(),
+                )
         children = [
-            Child.start(f"{self.kind}-probe", "bench.probe", [], self.load_core, self.log_dir),
-            *(Child.start(f"{self.kind}-load{i}", "bench.loadgen", [], self.load_core, self.log_dir)
+            Child.start(f"{self.kind}-probe", "bench.probe", [], self.load_core, self.log_dir, self.env),
+            *(Child.start(f"{self.kind}-load{i}", "bench.loadgen", [], self.load_core, self.log_dir, self.env)
               for i in range(self.plan.load_processes)),
         ]
         self.probe, *self.loads = await asyncio.gather(*children)
         await self._wait_listening()
         return self
+
+    async def _start_janus(self) -> None:
+        """Janus on the server core (its own process, measured like Relay), the facade in this process."""
+        janus_port = free_port()
+        try:
+            self.server = await self._janus.enter_async_context(janus_process(
+                janus_port, JANUS[self.kind], self.server_core, self.log_dir / f"{self.kind}-server.log"))
+            await self._janus.enter_async_context(facade(janus_port, self.port))
+        except BaseException:
+            await self._janus.aclose()
+            raise
 
     async def _wait_listening(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -219,6 +259,7 @@ class Rig:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.gather(*(child.stop() for child in [*self.loads, self.probe, self.publisher] if child))
+        await self._janus.aclose()
         if self.server and self.server.returncode is None:
             self.server.send_signal(signal.SIGINT)
             try:
@@ -236,7 +277,7 @@ class Rig:
         if self.publisher:
             await self.publisher.stop()
         self.publisher = await Child.start(
-            f"{self.kind}-publisher", "bench.publisher", [], self.load_core, self.log_dir
+            f"{self.kind}-publisher", "bench.publisher", [], self.load_core, self.log_dir, self.env
         )
         self.stream = stream
         info = await self.publisher.call(
@@ -464,7 +505,7 @@ async def joins(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
         "server": rig.kind, "gop_s": gop, "publisher_honors_pli": honor_pli,
         "samples": len(times), "failures": reply["failures"],
         "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
-        "max_ms": max(times) if times else None,
+        "max_ms": max(times) if times else None, "join_ms": times,
     }
 
 
@@ -495,23 +536,70 @@ async def latency(rig: Rig, load_viewers: int) -> dict[str, Any]:
     }
 
 
+async def crowd(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
+    """A flash crowd: `plan.crowd` viewers join a live publisher at once, `plan.crowd_rounds` times."""
+    await rig.publish(f"crowd-gop{gop:g}-{'pli' if honor_pli else 'nopli'}", "live", SIZES["480p"], gop, honor_pli)
+    times: list[float] = []
+    failures: list[str] = []
+    rng = random.Random(gop)
+    for _ in range(rig.plan.crowd_rounds):
+        await asyncio.sleep(1.0 + rng.uniform(0, gop))  # a random point of the GOP
+        reply = await rig.probe_call("crowd", url=rig.url(f"/whep/{rig.stream}"), count=rig.plan.crowd)
+        times += [t * 1000 for t in reply["join_s"]]
+        failures += reply["failures"]
+    return {
+        "server": rig.kind, "gop_s": gop, "publisher_honors_pli": honor_pli, "crowd": rig.plan.crowd,
+        "samples": len(times), "failures": failures,
+        "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
+        "max_ms": max(times) if times else None, "join_ms": times,
+    }
+
+
+async def loss(rig: Rig) -> list[dict[str, Any]]:
+    """The probe and load viewers of a live publisher while `iptables` drops a share of every UDP
+    datagram in the namespace: publisher -> server and server -> viewer both lose it."""
+    await rig.publish("live-loss", "live", SIZES["480p"], LOOP_GOP)
+    failed = await rig.set_viewers(rig.plan.loss_viewers - 1)
+    await asyncio.sleep(rig.plan.settle + LOOP_GOP)
+    out = []
+    for probability in rig.plan.loss:
+        with packet_loss(probability):
+            await asyncio.sleep(rig.plan.settle)
+            await rig.probe_call("snapshot", leg="main")
+            await asyncio.sleep(rig.plan.loss_seconds)
+            probe = await rig.probe_call("snapshot", leg="main")
+        out.append({
+            "server": rig.kind, "loss": probability, "viewers": rig.plan.loss_viewers, "join_failures": failed,
+            "seconds": probe["seconds"], "fps": probe["fps"], "freezes": probe["freezes"],
+            "frozen_s": probe["frozen_s"], "frames_lost": probe["missing_frames"],
+            "rtp_loss": probe["rtp_loss"], "max_gap_ms": probe["max_gap_ms"],
+            "latency_p50_ms": probe["latency_p50_ms"], "latency_p95_ms": probe["latency_p95_ms"],
+        })
+        await asyncio.sleep(rig.plan.settle)  # recover before the next level
+    await rig.set_viewers(0)
+    return out
+
+
 async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
-    """Every experiment of `plan`, Relay and the baseline in the same run.
+    """Every experiment of `plan`, every server in the same run.
 
     Each sweep gets a fresh server, so its memory growth is its own.
     """
-    results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": []}
+    results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": [], "crowd": [], "loss": []}
     for server in plan.servers:
-        counts = plan.relay_counts if server == "relay" else plan.baseline_counts
+        counts = {"relay": plan.relay_counts, "baseline": plan.baseline_counts}.get(server, plan.janus_counts)
         capacity = counts[-1]
         for name in plan.sizes:
             async with Rig(server, plan, log_dir) as rig:
                 result = await sweep(rig, SIZES[name], counts, log)
                 results["sweeps"].append(result.summary())
-                results["recording"].append(await recording(rig, SIZES[name]))
-                log(f"{server} {name} recording: {results['recording'][-1]}")
+                if server not in JANUS:  # the facade has no recording endpoint
+                    results["recording"].append(await recording(rig, SIZES[name]))
+                    log(f"{server} {name} recording: {results['recording'][-1]}")
             if name == "480p":
                 capacity = result.capacity or 1
+        if server not in plan.extras:
+            continue
         async with Rig(server, plan, log_dir) as rig:
             for load in plan.latency_load:
                 # Below the server's measured capacity: an overloaded server's latency is its backlog.
@@ -520,8 +608,16 @@ async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
             for gop in plan.gops:
                 results["joins"].append(await joins(rig, gop, honor_pli=True))
                 log(f"{server} joins: {results['joins'][-1]}")
-            if server == "relay":
+            if server != "baseline":
                 for gop in plan.ignore_pli_gops:
                     results["joins"].append(await joins(rig, gop, honor_pli=False))
                     log(f"{server} joins: {results['joins'][-1]}")
+                for gop in plan.crowd_gops:
+                    for honor_pli in (True, False):
+                        results["crowd"].append(await crowd(rig, gop, honor_pli))
+                        log(f"{server} crowd: " + str({k: v for k, v in results["crowd"][-1].items()
+                                                       if k != "join_ms"}))
+                if plan.loss:
+                    results["loss"] += await loss(rig)
+                    log(f"{server} loss: {results['loss'][-len(plan.loss):]}")
     return results
