@@ -203,6 +203,13 @@ class Rig:
         return f"http://{LOOPBACK}:{self.port}{path}"
 
     async def __aenter__(self) -> Rig:
+        try:
+            return await self._start()
+        except BaseException:
+            await self.__aexit__()  # whatever started is stopped: no orphaned server or child
+            raise
+
+    async def _start(self) -> Rig:
         if self.kind in JANUS:
             await self._start_janus()
         elif self.kind == "relay":
@@ -234,15 +241,11 @@ class Rig:
     async def _start_janus(self) -> None:
         """Janus on the server core (its own process, measured like Relay), the facade in this process."""
         janus_port = free_port()
-        try:
-            self.server = await self._janus.enter_async_context(janus_process(
-                janus_port, JANUS[self.kind], self.server_core, self.log_dir / f"{self.kind}-server.log"))
-            await self._janus.enter_async_context(facade(janus_port, self.port))
-        except BaseException:
-            await self._janus.aclose()
-            raise
+        self.server = await self._janus.enter_async_context(janus_process(
+            janus_port, JANUS[self.kind], self.server_core, self.log_dir / f"{self.kind}-server.log"))
+        await self._janus.enter_async_context(facade(janus_port, self.port))
 
-    async def _wait_listening(self, timeout: float = 30.0) -> None:
+    async def _wait_listening(self, timeout: float = 90.0) -> None:  # a busy machine starts Python slowly
         deadline = time.monotonic() + timeout
         while True:
             assert self.server is not None
