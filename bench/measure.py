@@ -569,9 +569,15 @@ async def loss(rig: Rig) -> list[dict[str, Any]]:
         with packet_loss(probability):
             await asyncio.sleep(rig.plan.settle)
             await rig.probe_call("snapshot", leg="main")
+            load0 = await rig._load_stats()
             await asyncio.sleep(rig.plan.loss_seconds)
             probe = await rig.probe_call("snapshot", leg="main")
+            load1 = await rig._load_stats()
+        # Load viewers send no NACK: their sequence gaps are the loss of both hops, unrepaired.
+        gaps = load1["lost"] - load0["lost"]
+        got = sum(load1[k] - load0[k] for k in ("video_packets", "audio_packets"))
         out.append({
+            "load_loss": gaps / (got + gaps) if got + gaps else None,
             "server": rig.kind, "loss": probability, "viewers": rig.plan.loss_viewers, "join_failures": failed,
             "seconds": probe["seconds"], "fps": probe["fps"], "freezes": probe["freezes"],
             "frozen_s": probe["frozen_s"], "frames_lost": probe["missing_frames"],

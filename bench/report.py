@@ -177,12 +177,12 @@ def _loss(results: dict[str, Any]) -> list[str]:
     rows = [[
         label(r["server"]), f"{r['loss']:.0%}", _f(r["fps"], ".1f"), str(r["freezes"]),
         f"{r['frozen_s']:.2f} ({r['frozen_s'] / r['seconds']:.1%})" if r["seconds"] else "–",
-        str(r["frames_lost"]), _f(r["rtp_loss"], ".1f", 100), _f(r["latency_p50_ms"], ".0f"),
-        _f(r["latency_p95_ms"], ".0f"), _f(r["max_gap_ms"], ".0f"),
+        str(r["frames_lost"]), _f(r["rtp_loss"], ".1f", 100), _f(r.get("load_loss"), ".1f", 100),
+        _f(r["latency_p50_ms"], ".0f"), _f(r["latency_p95_ms"], ".0f"), _f(r["max_gap_ms"], ".0f"),
     ] for r in results.get("loss", [])]
     return _table(["server", "UDP loss per hop", "probe fps", "freezes", "frozen s (share of window)",
-                   "frames lost", "probe RTP loss % (after NACKs)", "latency p50 ms", "latency p95 ms",
-                   "longest frame gap ms"], rows)
+                   "frames lost", "probe RTP loss % (after NACKs)", "load viewers' sequence gaps % (no NACK)",
+                   "latency p50 ms", "latency p95 ms", "longest frame gap ms"], rows)
 
 
 def _latency(results: dict[str, Any]) -> list[str]:

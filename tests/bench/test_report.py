@@ -83,7 +83,7 @@ def test_tables_and_charts_from_a_saved_run(tmp_path: Path) -> None:
     # Relay costs twice Janus's CPU per viewer in the made-up run: the ratio says so.
     row = next(line for line in run.stdout.splitlines() if line.startswith("| CPU per viewer, % of a core |"))
     assert "| 2× |" in row, row
-    assert "| Relay | 5% | 29.0 | 1 | 0.30 (3.0%) |" in run.stdout
+    assert "| Relay | 5% | 29.0 | 1 | 0.30 (3.0%) | 2 |" in run.stdout
     for chart in (CPU_CHART, JOIN_CHART):
         data = (tmp_path / "docs" / chart).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, chart
