@@ -215,7 +215,9 @@ class Rig:
         elif self.kind == "relay":
             config = self.log_dir / "relay.yaml"
             config.write_text(yaml.safe_dump({
-                "ice": {"host_addresses": [LOOPBACK]},
+                # Liveness is not what is measured either: on a loaded machine a starved publisher or
+                # viewer answers consent checks late, and Relay's 10 s default would drop it mid-window.
+                "ice": {"host_addresses": [LOOPBACK], "connect_timeout": 30.0, "consent_timeout": 60.0},
                 # Admission control is not what is measured: hundreds of viewers join from one address.
                 "limits": {"requests_per_second": 0, "max_viewers_per_stream": 0},
                 "recording": {"dir": str(self.recordings)},
