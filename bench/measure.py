@@ -566,18 +566,21 @@ async def crowd(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
     """A flash crowd: `plan.crowd` viewers join a live publisher at once, `plan.crowd_rounds` times."""
     await rig.publish(f"crowd-gop{gop:g}-{'pli' if honor_pli else 'nopli'}", "live", SIZES["480p"], gop, honor_pli)
     times: list[float] = []
+    after: list[float] = []
     failures: list[str] = []
     rng = random.Random(gop)
     for _ in range(rig.plan.crowd_rounds):
         await asyncio.sleep(1.0 + rng.uniform(0, gop))  # a random point of the GOP
         reply = await rig.probe_call("crowd", url=rig.url(f"/whep/{rig.stream}"), count=rig.plan.crowd)
         times += [t * 1000 for t in reply["join_s"]]
+        after += [t * 1000 for t in reply["after_connect_s"]]
         failures += reply["failures"]
     return {
         "server": rig.kind, "gop_s": gop, "publisher_honors_pli": honor_pli, "crowd": rig.plan.crowd,
         "samples": len(times), "failures": failures,
         "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
         "max_ms": max(times) if times else None, "join_ms": times,
+        "after_connect_p50_ms": percentile(after, 50), "after_connect_p95_ms": percentile(after, 95),
     }
 
 

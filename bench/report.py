@@ -128,6 +128,9 @@ def _cost(results: dict[str, Any]) -> list[str]:
             if any(v is not None for v in values.values()):
                 row(f"flash crowd ({crowd} at once) join p95, ms, GOP {gop:g} s, publisher "
                     f"{'answers' if pli else 'ignores'} PLI", values, ".0f")
+                row("… from connected to keyframe, p95, ms",
+                    {n: (_by(results["crowd"], n, gop_s=gop, publisher_honors_pli=pli) or {})
+                     .get("after_connect_p95_ms") for n in names}, ".0f")
     return _table(["", *(label(n) for n in names), *(f"Relay / {label(n)}" for n in others)], rows)
 
 
@@ -167,10 +170,10 @@ def _crowd(results: dict[str, Any]) -> list[str]:
     rows = [[
         label(c["server"]), f"{c['gop_s']:g} s", "yes" if c["publisher_honors_pli"] else "no", str(c["crowd"]),
         str(c["samples"]), str(len(c["failures"])), _f(c["p50_ms"], ".0f"), _f(c["p95_ms"], ".0f"),
-        _f(c["max_ms"], ".0f"),
+        _f(c["max_ms"], ".0f"), _f(c.get("after_connect_p50_ms"), ".0f"), _f(c.get("after_connect_p95_ms"), ".0f"),
     ] for c in results.get("crowd", [])]
     return _table(["server", "GOP", "publisher honours PLI", "viewers at once", "joins", "failed", "p50 ms",
-                   "p95 ms", "max ms"], rows)
+                   "p95 ms", "max ms", "connected → keyframe p50 ms", "connected → keyframe p95 ms"], rows)
 
 
 def _loss(results: dict[str, Any]) -> list[str]:
@@ -261,8 +264,9 @@ def _goals(results: dict[str, Any]) -> list[str]:
     for c in results.get("crowd", []):
         if c["server"] == "relay":
             pli = "answers" if c["publisher_honors_pli"] else "ignores"
+            figure = f"{_f(c['p95_ms'], '.0f')} ({_f(c.get('after_connect_p95_ms'), '.0f')} after connecting)"
             rows.append([f"{c['crowd']} joining at once, p95 (GOP {c['gop_s']:g} s, publisher {pli} PLI)",
-                         f"≤ {GOAL_CROWD_P95_MS:g} ms", _f(c["p95_ms"], ".0f"),
+                         f"≤ {GOAL_CROWD_P95_MS:g} ms", figure,
                          verdict(c["p95_ms"], GOAL_CROWD_P95_MS)])
     for r in results.get("loss", []):
         if r["server"] == "relay" and r["loss"] >= 0.05 and r["seconds"]:
