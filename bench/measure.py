@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import aiohttp
 import av
 import yaml
 
-from .janus import facade, janus_process
+from .janus import facade, janus_binary, janus_process
 from .netns import VETH_PEER_ADDRESS, packet_loss
 from .peers import LOOPBACK, MEDIA_ADDRESS
 from .proc import (
@@ -621,6 +622,12 @@ async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
     Each sweep gets a fresh server, so its memory growth is its own.
     """
     results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": [], "crowd": [], "loss": []}
+    if plan.loss and not shutil.which("iptables"):
+        log("no iptables (apt-get install iptables): the loss experiment is left out")
+        plan = replace(plan, loss=[])
+    if janus_binary() is None and set(JANUS) & set(plan.servers):
+        log("no Janus (apt-get install janus): Janus is left out")
+        plan = replace(plan, servers=[s for s in plan.servers if s not in JANUS])
     for server in plan.servers:
         counts = {"relay": plan.relay_counts, "baseline": plan.baseline_counts}.get(server, plan.janus_counts)
         capacity = counts[-1]
