@@ -102,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, relay_counts=[n for n in plan.relay_counts if n <= args.max_viewers])
     log(f"logs in {log_dir}")
     started, host = time.monotonic(), machine()
-    results = asyncio.run(run(plan, log_dir, log))
+    def save(partial: dict[str, Any]) -> None:  # an interrupted run keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps({**partial, "machine": host, "partial": True}, indent=1))
+
+    results = asyncio.run(run(plan, log_dir, log, save))
     results["machine"] = host
     results["command"] = "python -m bench " + " ".join(sys.argv[1:])
     results["seconds"] = round(time.monotonic() - started, 1)

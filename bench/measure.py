@@ -616,10 +616,13 @@ async def loss(rig: Rig) -> list[dict[str, Any]]:
     return out
 
 
-async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
-    """Every experiment of `plan`, every server in the same run.
+async def run(plan: Plan, log_dir: Path, log: Any, save: Any = None) -> dict[str, Any]:
+    """Every experiment of `plan`, every server in the same run; `save(results)` after each step.
 
-    Each sweep gets a fresh server, so its memory growth is its own.
+    The sweeps go size by size, every server in turn, so that the ratios at a
+    size are measured close together in time on a noisy machine (and an
+    interrupted run still has them). Each sweep gets a fresh server, so its
+    memory growth is its own.
     """
     results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": [], "crowd": [], "loss": []}
     if plan.loss and not shutil.which("iptables"):
@@ -628,38 +631,46 @@ async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
     if janus_binary() is None and set(JANUS) & set(plan.servers):
         log("no Janus (apt-get install janus): Janus is left out")
         plan = replace(plan, servers=[s for s in plan.servers if s not in JANUS])
-    for server in plan.servers:
-        counts = {"relay": plan.relay_counts, "baseline": plan.baseline_counts}.get(server, plan.janus_counts)
-        capacity = counts[-1]
-        for name in plan.sizes:
+
+    def saved() -> None:
+        if save:
+            save(results)
+
+    capacity: dict[str, int] = {}
+    for name in plan.sizes:
+        for server in plan.servers:
+            counts = {"relay": plan.relay_counts, "baseline": plan.baseline_counts}.get(server, plan.janus_counts)
             async with Rig(server, plan, log_dir) as rig:
                 result = await sweep(rig, SIZES[name], counts, log)
                 results["sweeps"].append(result.summary())
                 if server not in JANUS:  # the facade has no recording endpoint
                     results["recording"].append(await recording(rig, SIZES[name]))
                     log(f"{server} {name} recording: {results['recording'][-1]}")
-            if name == "480p":
-                capacity = result.capacity or 1
-        if server not in plan.extras:
-            continue
+            if name == "480p" or server not in capacity:
+                capacity[server] = result.capacity or 1
+            saved()
+    for server in [s for s in plan.servers if s in plan.extras]:
         async with Rig(server, plan, log_dir) as rig:
             for load in plan.latency_load:
                 # Below the server's measured capacity: an overloaded server's latency is its backlog.
-                results["latency"].append(await latency(rig, min(load, max(0, capacity - 2))))
+                results["latency"].append(await latency(rig, min(load, max(0, capacity.get(server, 1) - 2))))
                 log(f"{server} latency: {results['latency'][-1]}")
             for gop in plan.gops:
                 results["joins"].append(await joins(rig, gop, honor_pli=True))
                 log(f"{server} joins: {results['joins'][-1]}")
-            if server != "baseline":
-                for gop in plan.ignore_pli_gops:
-                    results["joins"].append(await joins(rig, gop, honor_pli=False))
-                    log(f"{server} joins: {results['joins'][-1]}")
-                for gop in plan.crowd_gops:
-                    for honor_pli in (True, False):
-                        results["crowd"].append(await crowd(rig, gop, honor_pli))
-                        log(f"{server} crowd: " + str({k: v for k, v in results["crowd"][-1].items()
-                                                       if k != "join_ms"}))
-                if plan.loss:
-                    results["loss"] += await loss(rig)
-                    log(f"{server} loss: {results['loss'][-len(plan.loss):]}")
+            saved()
+            if server == "baseline":
+                continue
+            for gop in plan.ignore_pli_gops:
+                results["joins"].append(await joins(rig, gop, honor_pli=False))
+                log(f"{server} joins: {results['joins'][-1]}")
+            for gop in plan.crowd_gops:
+                for honor_pli in (True, False):
+                    results["crowd"].append(await crowd(rig, gop, honor_pli))
+                    log(f"{server} crowd: " + str({k: v for k, v in results["crowd"][-1].items() if k != "join_ms"}))
+            saved()
+            if plan.loss:
+                results["loss"] += await loss(rig)
+                log(f"{server} loss: {results['loss'][-len(plan.loss):]}")
+                saved()
     return results
