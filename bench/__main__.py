@@ -1,7 +1,8 @@
-"""`python -m bench`: measure Relay and the MediaRelay baseline in one run.
+"""`python -m bench`: measure Relay, Janus and the MediaRelay baseline in one run.
 
-    python -m bench                 # the full table (about 12 minutes)
-    python -m bench --short         # the CI smoke run (under 2 minutes)
+    python -m bench --plot          # the full table and docs/bench-*.png (about 15 minutes)
+    python -m bench --short         # the CI smoke run (about 2 minutes)
+    python -m bench --from out.json --plot   # tables and charts again from a run's --json
     python -m bench profile         # py-spy profile of Relay's send path
 
 It re-runs itself inside a private network namespace with only loopback
@@ -24,11 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .measure import FULL, SHORT, SIZES, cores, run
+from .measure import FULL, SERVERS, SHORT, SIZES, cores, run
 from .profile import profile
 from .report import markdown
 
 ISOLATED = "RELAY_BENCH_ISOLATED"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 
 
 def isolated() -> bool:
@@ -66,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the CI smoke run: small counts, short windows")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--sizes", help=f"comma-separated subset of {','.join(SIZES)}")
-    parser.add_argument("--servers", help="comma-separated subset of relay,baseline")
+    parser.add_argument("--servers", help=f"comma-separated subset of {','.join(SERVERS)}")
     parser.add_argument("--max-viewers", type=int, help="cap the Relay sweep")
     parser.add_argument("--viewers", type=int, default=16, help="profile: viewers while sampling")
     parser.add_argument("--seconds", type=float, default=15.0, help="profile: sampling time")
     parser.add_argument("--logs", type=Path, help="keep the child processes' logs here")
+    parser.add_argument("--plot", nargs="?", const=DOCS, type=Path, metavar="DIR",
+                        help=f"also draw the charts (matplotlib) into DIR (default {DOCS.relative_to(ROOT)})")
+    parser.add_argument("--from", dest="source", type=Path, metavar="JSON",
+                        help="no run: print the tables (and --plot) from a previous run's --json")
     args = parser.parse_args(argv)
+    if args.source:
+        return report(json.loads(args.source.read_text()), args.plot)
     if not isolated():
         reexec_isolated()
 
@@ -93,13 +102,26 @@ def main(argv: list[str] | None = None) -> int:
         plan = dataclasses.replace(plan, relay_counts=[n for n in plan.relay_counts if n <= args.max_viewers])
     log(f"logs in {log_dir}")
     started, host = time.monotonic(), machine()
-    results = asyncio.run(run(plan, log_dir, log))
+    def save(partial: dict[str, Any]) -> None:  # an interrupted run keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps({**partial, "machine": host, "partial": True}, indent=1))
+
+    results = asyncio.run(run(plan, log_dir, log, save))
     results["machine"] = host
     results["command"] = "python -m bench " + " ".join(sys.argv[1:])
     results["seconds"] = round(time.monotonic() - started, 1)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    return report(results, args.plot)
+
+
+def report(results: dict[str, Any], plot_dir: Path | None) -> int:
     print(markdown(results))
+    if plot_dir:
+        from .plot import plot  # matplotlib only when asked for
+
+        for path in plot(results, plot_dir):
+            print(f"[bench] wrote {path}", file=sys.stderr)
     return 0
 
 

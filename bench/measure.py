@@ -1,6 +1,6 @@
-"""The experiments: CPU and capacity sweeps, join time, relay-added latency.
+"""The experiments: CPU and capacity sweeps, join time, flash crowds, relay-added latency, loss.
 
-One `Rig` is a server under test (Relay or the MediaRelay baseline) pinned to
+One `Rig` is a server under test (Relay, Janus or the MediaRelay baseline) pinned to
 one core, plus a publisher, a probe (the measuring viewer) and load-generator
 processes pinned to another. Every figure is taken from the server's
 /proc/PID/stat over a timed window; forwarded packets are what the viewers
@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import shutil
 import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ import aiohttp
 import av
 import yaml
 
-from .peers import LOOPBACK
+from .janus import facade, janus_binary, janus_process
+from .netns import VETH_PEER_ADDRESS, packet_loss
+from .peers import LOOPBACK, MEDIA_ADDRESS
 from .proc import (
     Child,
     child_env,
@@ -45,6 +49,9 @@ SATURATED = 0.9  # our processes using this much of their core are the limit
 NO_PROBE = {"fps": 0.0, "rtp_loss": 0.0, "missing_frames": 0, "max_gap_ms": None, "rtp_received": 0}
 BUSY = 0.97  # a core this busy, whoever uses it, starves what we measure
 LOOP_GOP = 1.0
+# Janus's threading: None keeps its default (one event loop per handle), 1 shares one loop.
+JANUS = {"janus": None, "janus-el1": 1}
+SERVERS = ["relay", "janus", "janus-el1", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -75,17 +82,30 @@ class Plan:
     latency_seconds: float
     latency_load: list[int]
     load_processes: int
-    servers: list[str] = field(default_factory=lambda: ["relay", "baseline"])
+    janus_counts: list[int]
+    crowd: int  # viewers joining at once
+    crowd_rounds: int
+    crowd_gops: list[float]
+    loss: list[float]  # drop probabilities, on every UDP datagram delivered in the namespace
+    loss_seconds: float
+    loss_viewers: int  # the probe included
+    servers: list[str] = field(default_factory=lambda: list(SERVERS))
+    # Join, latency, crowd and loss experiments run on these only (Janus's one-loop variant
+    # differs in threading, which the CPU sweeps measure).
+    extras: list[str] = field(default_factory=lambda: ["relay", "janus", "baseline"])
 
 
-FULL = Plan(
+FULL = Plan(  # about 15 minutes on 2 cores: every count and window is a compromise with that
     sizes=["480p", "720p"],
-    relay_counts=[1, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512],
-    baseline_counts=[1, 2, 3, 4, 6, 8, 12, 16],
-    window=6.0, settle=2.0,
-    gops=[1.0, 4.0], joins=20, join_pause=0.3, join_spread=1.0, ignore_pli_gops=[1.0, 4.0],
-    latency_seconds=15.0, latency_load=[0, 15],
+    relay_counts=[1, 16, 48, 96, 160, 256, 384, 512],
+    baseline_counts=[1, 2, 4],
+    window=4.0, settle=1.5,
+    gops=[1.0, 4.0], joins=8, join_pause=0.3, join_spread=1.0, ignore_pli_gops=[1.0, 4.0],
+    latency_seconds=6.0, latency_load=[0, 15],
     load_processes=4,
+    janus_counts=[1, 16, 48, 96, 160, 256, 384, 512],
+    crowd=32, crowd_rounds=1, crowd_gops=[1.0, 4.0],
+    loss=[0.0, 0.02, 0.05], loss_seconds=10.0, loss_viewers=4,
 )
 SHORT = Plan(
     sizes=["480p"],
@@ -95,6 +115,10 @@ SHORT = Plan(
     gops=[1.0, 4.0], joins=3, join_pause=0.2, join_spread=0.1, ignore_pli_gops=[],
     latency_seconds=3.0, latency_load=[0],
     load_processes=2,
+    janus_counts=[1, 6],
+    crowd=4, crowd_rounds=1, crowd_gops=[1.0],
+    loss=[0.0, 0.05], loss_seconds=3.0, loss_viewers=2,
+    servers=["relay", "baseline"],  # Janus has its own smoke test (tests/bench/test_janus.py)
 )
 
 
@@ -143,6 +167,11 @@ class Step:
         return probe_ok and self.silent == 0
 
     @property
+    def forwarded_all(self) -> bool:
+        """Every load viewer got video without loss (whatever the probe's decoder managed)."""
+        return self.silent == 0 and self.load_loss < MAX_LOSS and not self.join_failures
+
+    @property
     def limit(self) -> str:
         """Which side ran out of CPU, if any: ours first, then anyone else's on the cores."""
         if self.server_cpu >= SATURATED:
@@ -172,15 +201,29 @@ class Rig:
         self.loop_frames: int | None = None
         self.join_errors: list[str] = []
         self.recordings = log_dir / f"recordings-{kind}"
+        self._janus = contextlib.AsyncExitStack()
+        # Janus's peers offer the veth address: libnice's checks to 127.0.0.1 never succeed.
+        self.env = {MEDIA_ADDRESS: VETH_PEER_ADDRESS} if kind in JANUS else {}
 
     def url(self, path: str) -> str:
         return f"http://{LOOPBACK}:{self.port}{path}"
 
     async def __aenter__(self) -> Rig:
-        if self.kind == "relay":
+        try:
+            return await self._start()
+        except BaseException:
+            await self.__aexit__()  # whatever started is stopped: no orphaned server or child
+            raise
+
+    async def _start(self) -> Rig:
+        if self.kind in JANUS:
+            await self._start_janus()
+        elif self.kind == "relay":
             config = self.log_dir / "relay.yaml"
             config.write_text(yaml.safe_dump({
-                "ice": {"host_addresses": [LOOPBACK]},
+                # Liveness is not what is measured either: on a loaded machine a starved publisher or
+                # viewer answers consent checks late, and Relay's 10 s default would drop it mid-window.
+                "ice": {"host_addresses": [LOOPBACK], "connect_timeout": 30.0, "consent_timeout": 60.0},
                 # Admission control is not what is measured: hundreds of viewers join from one address.
                 "limits": {"requests_per_second": 0, "max_viewers_per_stream": 0},
                 "recording": {"dir": str(self.recordings)},
@@ -190,20 +233,28 @@ class Rig:
         else:
             argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
                     "--recordings-dir", str(self.recordings)]
-        with (self.log_dir / f"{self.kind}-server.log").open("ab") as log:
-            self.server = await asyncio.create_subprocess_exec(
-                *pinned(self.server_core, argv), stdout=log, stderr=log, env=child_env(),
-            )
+        if self.kind not in JANUS:
+            with (self.log_dir / f"{self.kind}-server.log").open("ab") as log:
+                self.server = await asyncio.create_subprocess_exec(
+                    *pinned(self.server_core, argv), stdout=log, stderr=log, env=child_env(),
+                )
         children = [
-            Child.start(f"{self.kind}-probe", "bench.probe", [], self.load_core, self.log_dir),
-            *(Child.start(f"{self.kind}-load{i}", "bench.loadgen", [], self.load_core, self.log_dir)
+            Child.start(f"{self.kind}-probe", "bench.probe", [], self.load_core, self.log_dir, self.env),
+            *(Child.start(f"{self.kind}-load{i}", "bench.loadgen", [], self.load_core, self.log_dir, self.env)
               for i in range(self.plan.load_processes)),
         ]
         self.probe, *self.loads = await asyncio.gather(*children)
         await self._wait_listening()
         return self
 
-    async def _wait_listening(self, timeout: float = 30.0) -> None:
+    async def _start_janus(self) -> None:
+        """Janus on the server core (its own process, measured like Relay), the facade in this process."""
+        janus_port = free_port()
+        self.server = await self._janus.enter_async_context(janus_process(
+            janus_port, JANUS[self.kind], self.server_core, self.log_dir / f"{self.kind}-server.log"))
+        await self._janus.enter_async_context(facade(janus_port, self.port))
+
+    async def _wait_listening(self, timeout: float = 90.0) -> None:  # a busy machine starts Python slowly
         deadline = time.monotonic() + timeout
         while True:
             assert self.server is not None
@@ -220,6 +271,7 @@ class Rig:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.gather(*(child.stop() for child in [*self.loads, self.probe, self.publisher] if child))
+        await self._janus.aclose()
         if self.server and self.server.returncode is None:
             self.server.send_signal(signal.SIGINT)
             try:
@@ -237,7 +289,7 @@ class Rig:
         if self.publisher:
             await self.publisher.stop()
         self.publisher = await Child.start(
-            f"{self.kind}-publisher", "bench.publisher", [], self.load_core, self.log_dir
+            f"{self.kind}-publisher", "bench.publisher", [], self.load_core, self.log_dir, self.env
         )
         self.stream = stream
         info = await self.publisher.call(
@@ -335,8 +387,14 @@ class Sweep:
     capacity_limit: str  # what stopped the ramp
 
     def fit_points(self) -> list[Step]:
-        """Unsaturated windows only: a saturated server's CPU no longer grows with viewers."""
-        return [s for s in self.steps if s.ok and s.server_cpu < 0.9]
+        """Unsaturated windows only: a saturated server's CPU no longer grows with viewers.
+
+        A window counts when the load viewers took everything (none silent, < 1 %
+        loss) even if the measuring viewer, starved by other processes on its
+        core, decoded under 29 fps: what the server spent, it spent forwarding
+        every packet. Capacity still needs the probe to pass.
+        """
+        return [s for s in self.steps if s.forwarded_all and s.server_cpu < SATURATED]
 
     @property
     def per_viewer(self) -> Line | None:
@@ -383,7 +441,12 @@ class Sweep:
 
 
 async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
-    """Ramp viewers through `counts` until the probe fails; a failure is re-measured once."""
+    """Ramp viewers through `counts`; a failure is re-measured once.
+
+    Capacity is the last count before the probe first fails. The ramp goes on
+    while the server still forwards everything and has CPU left, so a probe
+    starved by other processes on its core does not cut the CPU fit short.
+    """
     info = await rig.publish(f"{size.name}-loop", "loop", size, LOOP_GOP, honor_pli=False)
     await rig.probe_call("unwatch", leg="main")
     await asyncio.sleep(rig.plan.settle)
@@ -391,6 +454,7 @@ async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
     await rig.watch()
     await asyncio.sleep(rig.plan.settle + LOOP_GOP)
     capacity, limit = None, f"plan ended at {counts[-1]} viewers"
+    capacity_open = True  # until the probe first fails; the ramp goes on for the CPU fit
     for viewers in counts:
         failed = await rig.set_viewers(viewers - 1)
         await asyncio.sleep(rig.plan.settle + LOOP_GOP)
@@ -403,15 +467,19 @@ async def sweep(rig: Rig, size: Size, counts: list[int], log: Any) -> Sweep:
             f"({step.packets_per_s:7.0f} pkt/s), load core {step.load_core_busy:4.0%}, "
             f"probe {step.fps:4.1f} fps loss {step.rtp_loss:.2%}, silent {step.silent}, "
             f"join failures {failed}, rss {step.rss_mb:.0f} MB" + (f": {rig.join_errors[0]}" if failed else ""))
-        if not step.ok or failed:
+        if (not step.ok or failed) and capacity_open:
+            capacity_open = False
             limit = f"{step.limit or 'the measuring viewer'} at {viewers} viewers"
             if failed:
                 limit += f" ({failed} viewers failed to join: {rig.join_errors[0]})"
+        if capacity_open:
+            capacity = viewers
+        if not step.forwarded_all:  # the server dropped viewers or packets: more cannot help
             break
-        capacity = viewers
         if step.limit in ("server", "load generator"):  # the next count cannot pass honestly
             cpu = step.server_cpu if step.limit == "server" else step.load_cpu
-            limit = f"{step.limit} CPU at {cpu:.0%} at {viewers} viewers"
+            if capacity_open:
+                limit = f"{step.limit} CPU at {cpu:.0%} at {viewers} viewers"
             break
     await rig.set_viewers(0)
     return Sweep(rig.kind, size.name, info["video_bps"], steps, capacity, limit)
@@ -465,7 +533,7 @@ async def joins(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
         "server": rig.kind, "gop_s": gop, "publisher_honors_pli": honor_pli,
         "samples": len(times), "failures": reply["failures"],
         "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
-        "max_ms": max(times) if times else None,
+        "max_ms": max(times) if times else None, "join_ms": times,
     }
 
 
@@ -496,33 +564,114 @@ async def latency(rig: Rig, load_viewers: int) -> dict[str, Any]:
     }
 
 
-async def run(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
-    """Every experiment of `plan`, Relay and the baseline in the same run.
+async def crowd(rig: Rig, gop: float, honor_pli: bool) -> dict[str, Any]:
+    """A flash crowd: `plan.crowd` viewers join a live publisher at once, `plan.crowd_rounds` times."""
+    await rig.publish(f"crowd-gop{gop:g}-{'pli' if honor_pli else 'nopli'}", "live", SIZES["480p"], gop, honor_pli)
+    times: list[float] = []
+    after: list[float] = []
+    failures: list[str] = []
+    rng = random.Random(gop)
+    for _ in range(rig.plan.crowd_rounds):
+        await asyncio.sleep(1.0 + rng.uniform(0, gop))  # a random point of the GOP
+        reply = await rig.probe_call("crowd", url=rig.url(f"/whep/{rig.stream}"), count=rig.plan.crowd)
+        times += [t * 1000 for t in reply["join_s"]]
+        after += [t * 1000 for t in reply["after_connect_s"]]
+        failures += reply["failures"]
+    return {
+        "server": rig.kind, "gop_s": gop, "publisher_honors_pli": honor_pli, "crowd": rig.plan.crowd,
+        "samples": len(times), "failures": failures,
+        "p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95),
+        "max_ms": max(times) if times else None, "join_ms": times,
+        "after_connect_p50_ms": percentile(after, 50), "after_connect_p95_ms": percentile(after, 95),
+    }
 
-    Each sweep gets a fresh server, so its memory growth is its own.
+
+async def loss(rig: Rig) -> list[dict[str, Any]]:
+    """The probe and load viewers of a live publisher while `iptables` drops a share of every UDP
+    datagram in the namespace: publisher -> server and server -> viewer both lose it."""
+    await rig.publish("live-loss", "live", SIZES["480p"], LOOP_GOP)
+    failed = await rig.set_viewers(rig.plan.loss_viewers - 1)
+    await asyncio.sleep(rig.plan.settle + LOOP_GOP)
+    out = []
+    for probability in rig.plan.loss:
+        with packet_loss(probability):
+            await asyncio.sleep(rig.plan.settle)
+            await rig.probe_call("snapshot", leg="main")
+            load0 = await rig._load_stats()
+            await asyncio.sleep(rig.plan.loss_seconds)
+            probe = await rig.probe_call("snapshot", leg="main")
+            load1 = await rig._load_stats()
+        # Load viewers send no NACK: their sequence gaps are the loss of both hops, unrepaired.
+        gaps = load1["lost"] - load0["lost"]
+        got = sum(load1[k] - load0[k] for k in ("video_packets", "audio_packets"))
+        out.append({
+            "load_loss": gaps / (got + gaps) if got + gaps else None,
+            "server": rig.kind, "loss": probability, "viewers": rig.plan.loss_viewers, "join_failures": failed,
+            "seconds": probe["seconds"], "fps": probe["fps"], "freezes": probe["freezes"],
+            "frozen_s": probe["frozen_s"], "frames_lost": probe["missing_frames"],
+            "rtp_loss": probe["rtp_loss"], "max_gap_ms": probe["max_gap_ms"],
+            "latency_p50_ms": probe["latency_p50_ms"], "latency_p95_ms": probe["latency_p95_ms"],
+        })
+        await asyncio.sleep(rig.plan.settle)  # recover before the next level
+    await rig.set_viewers(0)
+    return out
+
+
+async def run(plan: Plan, log_dir: Path, log: Any, save: Any = None) -> dict[str, Any]:
+    """Every experiment of `plan`, every server in the same run; `save(results)` after each step.
+
+    The sweeps go size by size, every server in turn, so that the ratios at a
+    size are measured close together in time on a noisy machine (and an
+    interrupted run still has them). Each sweep gets a fresh server, so its
+    memory growth is its own.
     """
-    results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": []}
-    for server in plan.servers:
-        counts = plan.relay_counts if server == "relay" else plan.baseline_counts
-        capacity = counts[-1]
-        for name in plan.sizes:
+    results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": [], "crowd": [], "loss": []}
+    if plan.loss and not shutil.which("iptables"):
+        log("no iptables (apt-get install iptables): the loss experiment is left out")
+        plan = replace(plan, loss=[])
+    if janus_binary() is None and set(JANUS) & set(plan.servers):
+        log("no Janus (apt-get install janus): Janus is left out")
+        plan = replace(plan, servers=[s for s in plan.servers if s not in JANUS])
+
+    def saved() -> None:
+        if save:
+            save(results)
+
+    capacity: dict[str, int] = {}
+    for name in plan.sizes:
+        for server in plan.servers:
+            counts = {"relay": plan.relay_counts, "baseline": plan.baseline_counts}.get(server, plan.janus_counts)
             async with Rig(server, plan, log_dir) as rig:
                 result = await sweep(rig, SIZES[name], counts, log)
                 results["sweeps"].append(result.summary())
-                results["recording"].append(await recording(rig, SIZES[name]))
-                log(f"{server} {name} recording: {results['recording'][-1]}")
-            if name == "480p":
-                capacity = result.capacity or 1
+                if server not in JANUS:  # the facade has no recording endpoint
+                    results["recording"].append(await recording(rig, SIZES[name]))
+                    log(f"{server} {name} recording: {results['recording'][-1]}")
+            if name == "480p" or server not in capacity:
+                capacity[server] = result.capacity or 1
+            saved()
+    for server in [s for s in plan.servers if s in plan.extras]:
         async with Rig(server, plan, log_dir) as rig:
             for load in plan.latency_load:
                 # Below the server's measured capacity: an overloaded server's latency is its backlog.
-                results["latency"].append(await latency(rig, min(load, max(0, capacity - 2))))
+                results["latency"].append(await latency(rig, min(load, max(0, capacity.get(server, 1) - 2))))
                 log(f"{server} latency: {results['latency'][-1]}")
             for gop in plan.gops:
                 results["joins"].append(await joins(rig, gop, honor_pli=True))
                 log(f"{server} joins: {results['joins'][-1]}")
-            if server == "relay":
-                for gop in plan.ignore_pli_gops:
-                    results["joins"].append(await joins(rig, gop, honor_pli=False))
-                    log(f"{server} joins: {results['joins'][-1]}")
+            saved()
+            if server == "baseline":
+                continue
+            for gop in plan.ignore_pli_gops:
+                results["joins"].append(await joins(rig, gop, honor_pli=False))
+                log(f"{server} joins: {results['joins'][-1]}")
+            for gop in plan.crowd_gops:
+                for honor_pli in (True, False):
+                    results["crowd"].append(await crowd(rig, gop, honor_pli))
+                    log(f"{server} crowd: " + str({k: v for k, v in results["crowd"][-1].items() if k != "join_ms"}))
+            saved()
+            if plan.loss:
+                results["loss"] += await loss(rig)
+                log(f"{server} loss: {results['loss'][-len(plan.loss):]}")
+                saved()
     return results

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiortc import RTCPeerConnection
 
 from relay.media import aiortc_patch
 
 LOOPBACK = "127.0.0.1"
+# A role started with this set offers that address instead (Janus's libnice will not pair with 127.0.0.1).
+MEDIA_ADDRESS = "RELAY_BENCH_MEDIA_ADDRESS"
 
 
 def loopback_only() -> None:
     """Offer only 127.0.0.1 host candidates, like the server's `ice.host_addresses`."""
-    aiortc_patch.restrict_host_addresses([LOOPBACK])
+    aiortc_patch.restrict_host_addresses([os.environ.get(MEDIA_ADDRESS) or LOOPBACK])
 
 
 async def wait_connected(pc: RTCPeerConnection, timeout: float) -> None:

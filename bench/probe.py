@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -26,6 +27,17 @@ from .proc import serve
 from .stats import percentile
 
 JOIN_TIMEOUT = 15.0
+CROWD_TIMEOUT = 30.0  # 32 handshakes queue on one process
+FREEZE_AVERAGE_FRAMES = 30
+
+
+def is_freeze(interval: float, recent: deque[float]) -> bool:
+    """webrtc-stats' freeze: a frame interval of at least max(3 × avg, avg + 150 ms), avg over the
+    last 30 intervals (RTCInboundRtpStreamStats.freezeCount)."""
+    if not recent:
+        return False
+    average = sum(recent) / len(recent)
+    return interval >= max(3 * average, average + 0.150)
 
 
 class Leg:
@@ -38,6 +50,8 @@ class Leg:
         self._last_counter: int | None = None
         self._last_frame_at: float | None = None
         self._last_rtp = (0, 0)
+        self._intervals: deque[float] = deque(maxlen=FREEZE_AVERAGE_FRAMES)
+        self._open_freeze_counted = False
         self._reset()
         self._tasks = [
             # aiortc decodes every packet into an unbounded queue: audio is read and dropped (aiortc #554).
@@ -52,6 +66,16 @@ class Leg:
         self.missing = 0
         self.latencies: list[float] = []
         self.max_gap = 0.0
+        self.freezes = 0
+        self.frozen = 0.0
+
+    def _count_freeze(self, now: float) -> None:
+        """The freeze since the last frame, as far as it lies in this window (a freeze that spans a
+        snapshot counts in the window where it was first seen, its time in each)."""
+        assert self._last_frame_at is not None
+        if not self._open_freeze_counted:
+            self.freezes += 1
+        self.frozen += now - max(self._last_frame_at, self._since)
 
     async def _video(self, track: MediaStreamTrack) -> None:
         try:
@@ -59,7 +83,12 @@ class Leg:
                 frame = await track.recv()
                 now = time.monotonic()
                 if self._last_frame_at is not None:
-                    self.max_gap = max(self.max_gap, now - self._last_frame_at)
+                    interval = now - self._last_frame_at
+                    self.max_gap = max(self.max_gap, interval)
+                    if is_freeze(interval, self._intervals):
+                        self._count_freeze(now)
+                    self._open_freeze_counted = False
+                    self._intervals.append(interval)
                 self._last_frame_at = now
                 stamp = read_stamp(frame)
                 if stamp is None:
@@ -88,6 +117,10 @@ class Leg:
     async def snapshot(self) -> dict[str, Any]:
         """Everything since the previous snapshot, then start a new window."""
         received, lost = await self._rtp()
+        now = time.monotonic()
+        if self._last_frame_at is not None and is_freeze(now - self._last_frame_at, self._intervals):
+            self._count_freeze(now)  # still frozen: the picture stopped, which is the worst freeze
+            self._open_freeze_counted = True
         window = (received - self._last_rtp[0], lost - self._last_rtp[1])
         self._last_rtp = (received, lost)
         elapsed = time.monotonic() - self._since
@@ -99,6 +132,8 @@ class Leg:
             "unreadable": self.unreadable,
             "missing_frames": self.missing,
             "max_gap_ms": self.max_gap * 1000,
+            "freezes": self.freezes,
+            "frozen_s": self.frozen,
             "rtp_received": window[0],
             "rtp_loss": window[1] / expected if expected > 0 else 0.0,
             "latency_p50_ms": percentile(self.latencies, 50),
@@ -168,6 +203,41 @@ class Probe:
                 await client.close()
         return {"join_s": times, "failures": failures}
 
+    async def crowd(self, url: str, count: int) -> dict[str, Any]:
+        """`count` viewers joining at once: seconds from each one's WHEP request to its first whole
+        video keyframe, and from its connection (ICE + DTLS up) to that keyframe. Nothing is
+        decoded (32 decoders would measure the probe's core, not the server); a keyframe's decode
+        adds a few ms to a real viewer's join. The second figure leaves out the crowd's own
+        handshakes, which queue on this one process: it is the server's keyframe policy alone."""
+
+        async def one() -> tuple[float, float]:
+            client = WhepClient(url, ice_servers=[], encoded=True, timeout=CROWD_TIMEOUT)
+            connected_at: list[float] = []
+
+            async def stamp_connection() -> None:
+                await client.connected.wait()
+                connected_at.append(time.monotonic())
+
+            stamper = asyncio.create_task(stamp_connection())
+            try:
+                async with asyncio.timeout(CROWD_TIMEOUT):
+                    await client.start()
+                    await client.encoded["video"].recv()
+                now = time.monotonic()
+                assert client.posted_at is not None and connected_at
+                return now - client.posted_at, now - connected_at[0]
+            finally:
+                stamper.cancel()
+                await client.close()
+
+        outcomes = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+        joined = [o for o in outcomes if isinstance(o, tuple)]
+        return {
+            "join_s": [total for total, _ in joined],
+            "after_connect_s": [after for _, after in joined],
+            "failures": [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)],
+        }
+
     async def close(self) -> None:
         for leg in list(self.legs):
             await self.unwatch(leg)
@@ -178,7 +248,7 @@ async def main() -> None:
     probe = Probe()
     await serve(
         {"watch": probe.watch, "direct": probe.direct, "snapshot": probe.snapshot,
-         "unwatch": probe.unwatch, "join": probe.join},
+         "unwatch": probe.unwatch, "join": probe.join, "crowd": probe.crowd},
         probe.close,
     )
 

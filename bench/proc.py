@@ -65,9 +65,9 @@ def core_busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, in
     return busy / total if total else 0.0
 
 
-def child_env() -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
 def pinned(core: int | None, argv: list[str]) -> list[str]:
@@ -84,7 +84,10 @@ class Child:
     _lock: asyncio.Lock
 
     @classmethod
-    async def start(cls, name: str, module: str, args: list[str], core: int | None, log_dir: Path) -> Child:
+    async def start(
+        cls, name: str, module: str, args: list[str], core: int | None, log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> Child:
         log = log_dir / f"{name}.log"
         with log.open("ab") as err:
             process = await asyncio.create_subprocess_exec(
@@ -92,7 +95,7 @@ class Child:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
-                env=child_env(),
+                env=child_env(env),
                 limit=16 * 1024 * 1024,
             )
         return cls(name, process, log, asyncio.Lock())
