@@ -51,7 +51,8 @@ from relay.server.context import CONTEXT, Context
 from relay.server.recordings import Recordings
 from relay.server.recordings_api import RECORDINGS
 
-LOOPBACK = {"ice": {"host_addresses": ["127.0.0.1"]}}
+# One process: `relay serve` would start a worker per CPU (tests of workers ask for them).
+LOOPBACK = {"ice": {"host_addresses": ["127.0.0.1"]}, "workers": {"count": 1}}
 
 # The tests' own aiortc peers stay on loopback too, even outside a namespace.
 restrict_host_addresses(LOOPBACK["ice"]["host_addresses"])

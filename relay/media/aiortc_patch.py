@@ -535,8 +535,21 @@ def set_port_range(port_range: list[int]) -> None:
 # its track never yields, so `_run_rtp` parks at `recv()` and `stop()` still completes
 # (cancelling that task instead makes `stop()` wait forever, rtcrtpsender.py:239-242).
 
-SEND_ERRORS = (pylibsrtp.Error, OSError)
-"""What a direct send may raise: a packet SRTP refuses (too long, replayed), a socket error."""
+SEND_ERRORS = (pylibsrtp.Error, ValueError, OSError)
+"""What a direct send may raise: a packet SRTP refuses (replayed; ValueError: too long), a socket error."""
+
+SRTP_BUFFER = 4096
+"""pylibsrtp protects at most 1500 - 144 bytes (its buffer less the largest trailer). aiortc's own
+packets stay under 1300, but native publishers fill a 1400-byte MTU (GStreamer's default), which
+the forwarder must pass on as they came: their viewers' contexts get a larger buffer."""
+
+
+def _roomy(session: pylibsrtp.Session) -> pylibsrtp.Session:
+    """`session` with a buffer for any UDP-sized packet (see SRTP_BUFFER)."""
+    if len(session._cdata) < SRTP_BUFFER:
+        session._cdata = pylibsrtp._binding.ffi.new("char[]", SRTP_BUFFER)
+        session._buffer = pylibsrtp._binding.ffi.buffer(session._cdata)
+    return session
 
 
 def _check_forwarding() -> None:
@@ -546,6 +559,8 @@ def _check_forwarding() -> None:
                  "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count"):
         if name not in sender_names or name not in RTCRtpSender._run_rtcp.__code__.co_names:
             problems.append(f"RTCRtpSender no longer reports {name} in its SR")
+    if not {"_cdata", "_buffer"} <= set(pylibsrtp.Session.__init__.__code__.co_names):
+        problems.append("pylibsrtp.Session no longer keeps its buffer in _cdata/_buffer")
     if "_tx_srtp" not in RTCDtlsTransport._send_rtp.__code__.co_names:
         problems.append("RTCDtlsTransport._send_rtp no longer protects with _tx_srtp")
     if "_nominated" not in aioice.ice.Connection.sendto.__code__.co_names:
@@ -674,7 +689,7 @@ def forward_sender(
         on_ready(SendPath(
             ssrc=sender._ssrc, rtx_ssrc=sender._rtx_ssrc, payload_type=codec.payloadType, rtx_payload_type=rtx,
             mid=parameters.muxId, extensions={e.uri: e.id for e in parameters.headerExtensions},
-            protect=dtls._tx_srtp.protect, sendto=sendto, addr=pair.remote_addr,
+            protect=_roomy(dtls._tx_srtp).protect, sendto=sendto, addr=pair.remote_addr,
         ))
 
     sender.send = send_and_forward  # type: ignore[method-assign]

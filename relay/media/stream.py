@@ -204,8 +204,13 @@ class Stream:
     def count_nack_received(self) -> None:
         self.nacks_received += 1
 
-    def stop(self, publisher: Publisher) -> None:
-        """The publisher is gone: end every sink and go offline."""
+    def stop(self, publisher: Publisher, wait_for_return: bool = True) -> None:
+        """The publisher is gone: end every sink and go offline.
+
+        The viewers wait `reconnect_grace` for a publisher to come back, unless
+        `wait_for_return` is False (an edge's pull that its origin ended: nobody
+        publishes on an edge, and the origin already kept its viewers waiting).
+        """
         if self.publisher is not publisher:
             return
         if self._keyframes:
@@ -228,7 +233,7 @@ class Stream:
         for forwarder in self.forwarders.values():
             forwarder.detach()  # the viewers keep their numbering, and wait
         grace = self.config.reconnect_grace
-        if self.viewers and grace > 0:
+        if self.viewers and grace > 0 and wait_for_return:
             self._grace = asyncio.get_running_loop().call_later(grace, self._end_viewers)
         else:
             self._end_viewers()

@@ -85,7 +85,7 @@ class Pull:
         self.closed = True
         log.info("pull %s of %r from %s closed: %s", self.id, self.stream.name, self.client.url, reason)
         self._tasks.cancel()
-        self.stream.stop(self)
+        self.stream.stop(self, wait_for_return=False)
         self._on_closed(self)
         await self.client.close()
 

@@ -32,7 +32,8 @@ async def watch_stamps(viewer: WhepClient, count: int) -> list[int]:
 @pytest.mark.parametrize("codec,viewers", [("VP8", 3), ("H264", 3)])
 async def test_server_creates_no_encoder_or_decoder(tmp_path: Path, codec: str, viewers: int) -> None:
     counts_file = tmp_path / "counts.json"
-    env = dict(os.environ, RELAY_CODEC_COUNTS=str(counts_file))
+    # The script's directory comes first on sys.path: `relay` must still be this checkout's.
+    env = dict(os.environ, RELAY_CODEC_COUNTS=str(counts_file), PYTHONPATH=str(TESTS.parent))
     server = spawn_relay(tmp_path, script=[str(TESTS / "counting_server.py")], env=env)
     try:
         tracks = [TestPatternTrack(320, 240), ToneTrack()]
