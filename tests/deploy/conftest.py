@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ def _private_namespace() -> bool:
     return all(name == "lo" or name.startswith("rly") for name in names)
 
 
+NETWORK_SETTLE = 2.0  # seconds: Chromium's network change notifier debounces about one second
+
+
 @pytest.fixture
 def test_network() -> Iterator[None]:
     """veth rly0 (SERVER_IP) <-> rly1 (CLIENT_IP); iptables rules flushed after the test."""
@@ -71,6 +75,10 @@ def test_network() -> Iterator[None]:
         run("ip", "addr", "add", f"{CLIENT_IP}/24", "dev", "rly1")
         run("ip", "link", "set", "rly0", "up")
         run("ip", "link", "set", "rly1", "up")
+        # A running Chromium (the suite shares one) notices the new interfaces a moment later and
+        # aborts whatever it has in flight then (net::ERR_NETWORK_CHANGED, an event stream too):
+        # let that happen before the test's first request.
+        time.sleep(NETWORK_SETTLE)
         yield
     finally:
         subprocess.run(["ip", "link", "del", "rly0"], capture_output=True, timeout=30)

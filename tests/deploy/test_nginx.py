@@ -89,6 +89,8 @@ async def test_pages_whip_whep_and_events_through_nginx_under_a_prefix(
 
         dashboard = await new_page()
         await dashboard.goto(f"{base}/")
+        # The dashboard's event stream through nginx is up before anything happens on the stream.
+        await wait_js(dashboard, "document.querySelector('#updates').dataset.state === 'events'")
         publisher = await new_page()
         await publisher.goto(f"{base}/publish/cam?token={TOKEN}")
         await publisher.click("#start")
