@@ -19,6 +19,7 @@ import argparse
 import array
 import json
 import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,8 +36,15 @@ AUDIO_CAPS = "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock
 SAVED_FRAMES = 5
 
 
+_SAYING = threading.Lock()
+
+
 def say(event: str, **fields) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
+    """One JSON line on stdout; GStreamer's streaming threads say things too, so one write under a lock."""
+    line = json.dumps({"event": event, **fields}) + "\n"
+    with _SAYING:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict, str]:
