@@ -316,6 +316,67 @@ def on_nack_sent(receiver: RTCRtpReceiver, callback: Callable[[int], None]) -> N
     receiver._send_rtcp_nack = counted  # type: ignore[method-assign]
 
 
+NACK_RETRY_INTERVAL = 0.05
+"""Seconds before a packet still missing is asked for again: a few loopback or LAN round trips."""
+NACK_TRIES = 4
+"""How often one packet is asked for before the keyframe policy takes over (Galene and libwebrtc
+give up after a few tries too)."""
+
+
+def retry_nacks(receiver: RTCRtpReceiver, interval: float = NACK_RETRY_INTERVAL,
+                tries: int = NACK_TRIES) -> Callable[[], None]:
+    """Ask the publisher again for packets still missing; returns the function that stops it.
+
+    aiortc NACKs only when a new gap opens (rtcrtpreceiver.py:535-538): a lost NACK or a
+    lost retransmission is asked for again only at the next gap, a quarter of a second
+    later at 2 % loss, and the frame waits that long. Here a packet still missing after
+    `interval` is asked for again, up to `tries` times, then dropped from the NACK list.
+    """
+    loop = asyncio.get_running_loop()
+    send = receiver._send_rtcp_nack
+    asked: dict[int, int] = {}  # sequence number -> NACKs that listed it
+    last_ssrc = 0
+    timer: asyncio.TimerHandle | None = None
+    task: asyncio.Task[None] | None = None
+
+    def generator() -> NackGenerator | None:
+        found = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        return found if type(found) is NackGenerator else None  # not a simulcast layer's
+
+    async def send_and_retry(media_ssrc: int, lost: list[int]) -> None:
+        nonlocal last_ssrc, timer
+        last_ssrc = media_ssrc
+        for seq in lost:
+            asked[seq] = asked.get(seq, 0) + 1
+        await send(media_ssrc, lost)
+        if timer is None and generator() is not None:
+            timer = loop.call_later(interval, retry)
+
+    def retry() -> None:
+        nonlocal timer, task
+        timer = None
+        nacks = generator()
+        if nacks is None:
+            return
+        for seq in [seq for seq in asked if seq not in nacks.missing]:
+            del asked[seq]  # it came
+        lost = sorted(seq for seq in nacks.missing if asked.get(seq, 0) < tries)
+        for seq in nacks.missing.difference(lost):
+            nacks.missing.discard(seq)  # given up on
+            asked.pop(seq, None)
+        if lost and (task is None or task.done()):
+            task = loop.create_task(send_and_retry(last_ssrc, lost))
+
+    def stop() -> None:
+        if timer is not None:
+            timer.cancel()
+        if task is not None:
+            task.cancel()
+
+    receiver._send_rtcp_nack = send_and_retry  # type: ignore[method-assign]
+    return stop
+
+
 _NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
 
@@ -535,21 +596,32 @@ def set_port_range(port_range: list[int]) -> None:
 # its track never yields, so `_run_rtp` parks at `recv()` and `stop()` still completes
 # (cancelling that task instead makes `stop()` wait forever, rtcrtpsender.py:239-242).
 
-SEND_ERRORS = (pylibsrtp.Error, ValueError, OSError)
-"""What a direct send may raise: a packet SRTP refuses (replayed; ValueError: too long), a socket error."""
-
 SRTP_BUFFER = 4096
-"""pylibsrtp protects at most 1500 - 144 bytes (its buffer less the largest trailer). aiortc's own
-packets stay under 1300, but native publishers fill a 1400-byte MTU (GStreamer's default), which
-the forwarder must pass on as they came: their viewers' contexts get a larger buffer."""
+"""Each viewer's packet buffer: room for any UDP-sized packet plus SRTP's trailer. (pylibsrtp's own
+protects at most 1500 - 144 bytes, and native publishers fill a 1400-byte MTU.)"""
+
+_ffi, _lib = pylibsrtp._binding.ffi, pylibsrtp._binding.lib
+
+srtp_protect: Callable[[Any, Any, Any], int] = _lib.srtp_protect
+"""libsrtp's `srtp_protect(context, buffer, length)`: the packet in `buffer`, `length[0]` bytes long,
+protected in place (length updated); 0 when done. pylibsrtp's `Session.protect` wraps it with two
+copies, an allocation and checks: about half of a forwarded packet's cost in Python."""
 
 
-def _roomy(session: pylibsrtp.Session) -> pylibsrtp.Session:
-    """`session` with a buffer for any UDP-sized packet (see SRTP_BUFFER)."""
-    if len(session._cdata) < SRTP_BUFFER:
-        session._cdata = pylibsrtp._binding.ffi.new("char[]", SRTP_BUFFER)
-        session._buffer = pylibsrtp._binding.ffi.buffer(session._cdata)
-    return session
+def srtp_context(session: pylibsrtp.Session) -> Any:
+    """The libsrtp context of `session`, valid while `session` lives (the caller keeps it)."""
+    return session._srtp[0]
+
+
+def srtp_buffer() -> tuple[Any, memoryview]:
+    """A packet buffer for `srtp_protect` and a writable view of the same bytes."""
+    cdata = _ffi.new("char[]", SRTP_BUFFER)
+    return cdata, memoryview(_ffi.buffer(cdata))
+
+
+def srtp_length() -> Any:
+    """The length cell `srtp_protect` reads and updates."""
+    return _ffi.new("int *")
 
 
 def _check_forwarding() -> None:
@@ -559,8 +631,8 @@ def _check_forwarding() -> None:
                  "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count"):
         if name not in sender_names or name not in RTCRtpSender._run_rtcp.__code__.co_names:
             problems.append(f"RTCRtpSender no longer reports {name} in its SR")
-    if not {"_cdata", "_buffer"} <= set(pylibsrtp.Session.__init__.__code__.co_names):
-        problems.append("pylibsrtp.Session no longer keeps its buffer in _cdata/_buffer")
+    if "_srtp" not in pylibsrtp.Session.__init__.__code__.co_names or not hasattr(_lib, "srtp_protect"):
+        problems.append("pylibsrtp.Session no longer keeps its libsrtp context in _srtp")
     if "_tx_srtp" not in RTCDtlsTransport._send_rtp.__code__.co_names:
         problems.append("RTCDtlsTransport._send_rtp no longer protects with _tx_srtp")
     if "_nominated" not in aioice.ice.Connection.sendto.__code__.co_names:
@@ -591,9 +663,9 @@ class ParkedTrack(_Track):
 class SendPath:
     """What the forwarder needs of one viewer's sender, read once when it starts.
 
-    `protect`, `sendto` and `addr` are the viewer's SRTP context (shared with
+    `srtp`, `sendto` and `addr` are the viewer's SRTP session (shared with
     aiortc's own RTCP: one per DTLS transport) and its nominated ICE pair's
-    socket: `sendto(protect(packet), addr)` is all a packet costs.
+    socket: protecting in place (`srtp_protect`) and `sendto` is all a packet costs.
     """
 
     ssrc: int
@@ -602,8 +674,8 @@ class SendPath:
     rtx_payload_type: int | None
     mid: str | None
     extensions: dict[str, int]  # negotiated header extension URI -> id
-    protect: Callable[[bytes], bytes]
-    sendto: Callable[[bytes, tuple[str, int]], Any]
+    srtp: pylibsrtp.Session
+    sendto: Callable[[memoryview, tuple[str, int]], Any]
     addr: tuple[str, int]
 
 
@@ -681,15 +753,18 @@ def forward_sender(
         # The host socket itself: asyncio's transport.sendto adds checks and a buffer
         # (about a fifth of the cost here); a datagram the kernel cannot take now is
         # lost like any UDP packet, and NACK repairs it. A TURN pair has no socket.
+        # The packet is a view of the viewer's buffer, rewritten by the next one: TURN's
+        # sendto, which sends from a task, gets a copy.
         transport = pair.protocol.transport
         sock = getattr(transport, "_sock", None)
-        sendto: Callable[[bytes, tuple[str, int]], Any] = (
-            sock.sendto if isinstance(sock, socket.socket) else transport.sendto)
+        sendto: Callable[[memoryview, tuple[str, int]], Any] = (
+            sock.sendto if isinstance(sock, socket.socket)
+            else lambda data, addr: transport.sendto(bytes(data), addr))
         dtls.on("statechange", on_state)
         on_ready(SendPath(
             ssrc=sender._ssrc, rtx_ssrc=sender._rtx_ssrc, payload_type=codec.payloadType, rtx_payload_type=rtx,
             mid=parameters.muxId, extensions={e.uri: e.id for e in parameters.headerExtensions},
-            protect=_roomy(dtls._tx_srtp).protect, sendto=sendto, addr=pair.remote_addr,
+            srtp=dtls._tx_srtp, sendto=sendto, addr=pair.remote_addr,
         ))
 
     sender.send = send_and_forward  # type: ignore[method-assign]

@@ -5,7 +5,10 @@ depacketized) comes here once. For each viewer that has started, its header
 is rebuilt with that viewer's SSRC, payload type, sequence and timestamp
 offsets and header extensions, protected with the viewer's SRTP context and
 written to its ICE socket, synchronously: no per-viewer task, queue, RtpPacket
-or re-packetization. Everything per viewer is computed once, when it starts.
+or re-packetization. Everything per viewer is computed once, when it starts:
+each viewer has a buffer of its own holding its header extensions, where a
+packet's header and payload are written, protected in place by libsrtp and
+sent from (no bytes object is made per packet per viewer).
 
 A viewer starts (and, after a publisher's reconnect, resumes) on a keyframe
 seen at packet level, or at once from the packets since the last keyframe,
@@ -25,12 +28,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from relay.media.aiortc_patch import SEND_ERRORS, SendPath
+from relay.media.aiortc_patch import SendPath, srtp_buffer, srtp_context, srtp_length, srtp_protect
 from relay.media.bitstream import h264_packet_keyframe, vp8_packet_keyframe
 from relay.media.meter import RateMeter
 from relay.media.packet_cache import CachedPacket, PacketCache
 
-_HEADER = struct.Struct("!BBHII")
+_HEADER = struct.Struct("!BBHII0s0s0s")  # a viewer without header extensions
 _MASK32 = 0xFFFFFFFF
 _NTP_UNIX_OFFSET = 2208988800
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -44,6 +47,8 @@ GOP_MAX_PACKETS = 4000
 GOP_MAX_BYTES = 8 * 1024 * 1024
 # Replay timers fire at most this early: a packet due within it goes now.
 REPLAY_SLACK = 0.002
+# The largest payload a viewer's buffer takes, with the longest header and SRTP's trailer.
+MAX_PAYLOAD = 4096 - 256
 
 
 def _ntp(unix_time: float) -> int:
@@ -89,7 +94,8 @@ class Output:
     """One viewer's sender of one kind, as the forwarder sees it: everything precomputed."""
 
     __slots__ = (
-        "forwarder", "state", "protect", "sendto", "addr", "ssrc", "pt", "b0", "ext", "ext_tail", "abs",
+        "forwarder", "state", "session", "srtp", "cdata", "buf", "head_into", "head_len", "sendto", "addr",
+        "ssrc", "pt", "b0", "ext", "ext_tail",
         "rtx_ssrc", "rtx_pt", "rtx_seq", "seq_off", "ts_off", "next_seq", "next_ts", "next_time",
         "_packets", "_octets", "_frames", "_base", "schedule", "replay_start", "replay_bytes", "timer",
         "retransmits", "errors", "__weakref__",
@@ -98,12 +104,15 @@ class Output:
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
         self.state = State.NEW
-        self.protect: Callable[[bytes], bytes] = bytes
-        self.sendto: Callable[[bytes, tuple[str, int]], Any] = lambda data, addr: None
+        self.session: Any = None
+        self.srtp: Any = None
+        self.cdata, self.buf = srtp_buffer()
+        self.head_into = _HEADER.pack_into
+        self.head_len = 12
+        self.sendto: Callable[[memoryview, tuple[str, int]], Any] = lambda data, addr: None
         self.addr: tuple[str, int] = ("", 0)
         self.ssrc = self.pt = self.b0 = 0
         self.ext = self.ext_tail = b""
-        self.abs = False
         self.rtx_ssrc = 0
         self.rtx_pt: int | None = None
         self.rtx_seq = random.randrange(1 << 15)
@@ -122,11 +131,38 @@ class Output:
         self.retransmits = self.errors = 0
 
     def configure(self, path: SendPath) -> None:
-        self.protect, self.sendto, self.addr = path.protect, path.sendto, path.addr
+        self.session, self.srtp = path.srtp, srtp_context(path.srtp)
+        self.sendto, self.addr = path.sendto, path.addr
         self.ssrc, self.pt = path.ssrc, path.payload_type
         self.rtx_ssrc, self.rtx_pt = path.rtx_ssrc, path.rtx_payload_type
-        self.ext, self.ext_tail, self.abs = _extension_block(path, self.forwarder.kind == "video")
+        self.ext, self.ext_tail, abs_send_time = _extension_block(path, self.forwarder.kind == "video")
         self.b0 = 0x90 if self.ext else 0x80
+        # One call writes the whole header: the fixed part, the extension block, and
+        # abs-send-time's 3 bytes in it (a "0s" field takes them and writes nothing).
+        head = struct.Struct(f"!BBHII{len(self.ext)}s{3 if abs_send_time else 0}s{len(self.ext_tail)}s")
+        self.head_into, self.head_len = head.pack_into, head.size
+
+    def write(self, b1: int, seq: int, ts: int, ssrc: int, payload: bytes) -> None:
+        """One packet to this viewer, outside the live path (replay, retransmission).
+
+        The live path in `Forwarder.on_packet` is the same steps, inlined.
+        """
+        if len(payload) > MAX_PAYLOAD:
+            self.errors += 1
+            return
+        abs3 = (int(time.time() * 262144) & 0xFFFFFF).to_bytes(3, "big")
+        buf, h = self.buf, self.head_len
+        self.head_into(buf, 0, self.b0, b1, seq, ts, ssrc, self.ext, abs3, self.ext_tail)
+        buf[h:h + len(payload)] = payload
+        length = self.forwarder.length
+        length[0] = h + len(payload)
+        if srtp_protect(self.srtp, self.cdata, length):
+            self.errors += 1  # replayed, or the session is gone
+            return
+        try:
+            self.sendto(buf[:length[0]], self.addr)
+        except OSError:
+            self.errors += 1
 
     def _counters(self) -> tuple[int, int, int]:
         if self._base is None:
@@ -218,6 +254,7 @@ class Forwarder:
         self.packets = self.octets = self.frames = 0
         self.last_seq, self.last_ts, self.last_time = -1, 0, 0.0
         self.sender_report: tuple[int, int] | None = None
+        self.length = srtp_length()
 
     # -- the publisher ------------------------------------------------------------------
 
@@ -268,20 +305,25 @@ class Forwarder:
         self.octets += len(payload)
         self.frames += marker if self._video else 1  # an audio packet is a frame; its marker means a talkspurt
         live = self._live
-        if live:
-            pack = _HEADER.pack
+        size = len(payload)
+        if live and size <= MAX_PAYLOAD:
             m = 0x80 if marker else 0
             abs3 = (int(now * 262144) & 0xFFFFFF).to_bytes(3, "big")
-            for out in live:
-                header = pack(out.b0, m | out.pt, (seq + out.seq_off) & 0xFFFF, (ts + out.ts_off) & _MASK32, out.ssrc)
-                try:
-                    if out.abs:
-                        out.sendto(out.protect(header + out.ext + abs3 + out.ext_tail + payload), out.addr)
-                    else:
-                        out.sendto(out.protect(header + out.ext + payload), out.addr)
-                except SEND_ERRORS:
+            length, protect = self.length, srtp_protect
+            for out in live:  # Output.write, inlined: this loop is the cost of a viewer
+                buf, h = out.buf, out.head_len
+                out.head_into(buf, 0, out.b0, m | out.pt, (seq + out.seq_off) & 0xFFFF,
+                              (ts + out.ts_off) & _MASK32, out.ssrc, out.ext, abs3, out.ext_tail)
+                buf[h:h + size] = payload
+                length[0] = h + size
+                if protect(out.srtp, out.cdata, length):
                     out.errors += 1
-            self._meter_out.add(len(payload) * len(live))
+                    continue
+                try:
+                    out.sendto(buf[:length[0]], out.addr)
+                except OSError:
+                    out.errors += 1
+            self._meter_out.add(size * len(live))
         if self._replaying:
             for out in tuple(self._replaying):
                 self._schedule(out, entry, entry.ts)
@@ -343,14 +385,23 @@ class Forwarder:
         if out.state is not State.NEW:
             return
         out.configure(path)
-        if self._video and self._gop and self._replay_bitrate > 0 and self.codec is not None and (
-                not self._answers() or time.time() - self.keyframe_at <= RECENT_KEYFRAME):
+        if self._can_replay() and (not self._answers() or time.time() - self.keyframe_at <= RECENT_KEYFRAME):
             self._start_replay(out)
             return
         out.state = State.WAITING
         self._waiting.add(out)
         if self._video:
             self._request_keyframe("viewer joined")
+
+    def keyframe_unanswered(self) -> None:
+        """A keyframe asked for did not come in time: the viewers waiting for it start from the cache."""
+        if self._can_replay():
+            waiting, self._waiting = self._waiting, set()
+            for out in waiting:
+                self._start_replay(out)
+
+    def _can_replay(self) -> bool:
+        return self._video and bool(self._gop) and self._replay_bitrate > 0 and self.codec is not None
 
     def remove(self, out: Output) -> None:
         if out.state is State.LIVE:
@@ -377,24 +428,13 @@ class Forwarder:
             if self.cache.evicted(seq):
                 self._request_keyframe("NACK for a packet no longer cached")
             return  # lost on the publisher's leg: forwarded when Relay's own NACK brings it
-        payload = entry.payload
+        m, ts = 0x80 if entry.marker else 0, (entry.ts + out.ts_off) & _MASK32
         if out.rtx_pt is not None:
-            data = _HEADER.pack(out.b0, (0x80 if entry.marker else 0) | out.rtx_pt, out.rtx_seq,
-                                (entry.ts + out.ts_off) & _MASK32, out.rtx_ssrc)
+            out.write(m | out.rtx_pt, out.rtx_seq, ts, out.rtx_ssrc, seq_out.to_bytes(2, "big") + entry.payload)
             out.rtx_seq = (out.rtx_seq + 1) & 0xFFFF
-            payload = seq_out.to_bytes(2, "big") + payload
         else:
-            data = _HEADER.pack(out.b0, (0x80 if entry.marker else 0) | out.pt, seq_out,
-                                (entry.ts + out.ts_off) & _MASK32, out.ssrc)
-        self._send_one(out, data, payload)
+            out.write(m | out.pt, seq_out, ts, out.ssrc, entry.payload)
         out.retransmits += 1
-
-    def _send_one(self, out: Output, header: bytes, payload: bytes) -> None:
-        ext = out.ext + (int(time.time() * 262144) & 0xFFFFFF).to_bytes(3, "big") + out.ext_tail if out.abs else out.ext
-        try:
-            out.sendto(out.protect(header + ext + payload), out.addr)
-        except SEND_ERRORS:
-            out.errors += 1
 
     def end(self) -> None:
         """The stream is over: forget every output and the publisher's packets."""
@@ -451,9 +491,8 @@ class Forwarder:
         while schedule and out.replay_start + schedule[0][0] <= now + REPLAY_SLACK:
             offset, seq, ts, marker, payload = schedule.popleft()
             out.replay_start = max(out.replay_start, now - offset)
-            header = _HEADER.pack(out.b0, (0x80 if marker else 0) | out.pt, (seq + out.seq_off) & 0xFFFF,
-                                  (ts + out.ts_off) & _MASK32, out.ssrc)
-            self._send_one(out, header, payload)
+            out.write((0x80 if marker else 0) | out.pt, (seq + out.seq_off) & 0xFFFF, (ts + out.ts_off) & _MASK32,
+                      out.ssrc, payload)
             out.count(payload, marker)
         if schedule:
             out.timer = loop.call_at(out.replay_start + schedule[0][0], self._drain, out)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # one frame plus the round trip); the first PLI is sent this long after start.
 PLI_ANSWER_WINDOW = 0.5
 PLI_CHECK_DELAY = 1.5
+PLI_TIMEOUT_SLACK = 0.05
 
 
 class Publisher(Protocol):
@@ -92,10 +93,13 @@ class Stream:
         self._started = 0.0
         # Does the publisher answer keyframe requests? Browsers do; an encoder
         # with a fixed keyframe interval does not, and then joiners are started
-        # from the cached GOP instead of waiting for its next keyframe.
+        # from the cached GOP instead of waiting for its next keyframe. Not
+        # known (None) until a request was answered or not.
         self._pli_pending: float | None = None
-        self._pli_answered = True
+        self._pli_answered: bool | None = None
         self._pli_check: asyncio.TimerHandle | None = None
+        self._pli_timeout: asyncio.TimerHandle | None = None
+        self._nack_retries: list[Callable[[], None]] = []  # each stops one receiver's NACK retries
 
     @property
     def live(self) -> bool:
@@ -142,7 +146,7 @@ class Stream:
     def answers_keyframe_requests(self) -> bool:
         if self._pli_pending is not None and time.monotonic() - self._pli_pending > PLI_ANSWER_WINDOW:
             return False  # asked, and no keyframe came in time
-        return self._pli_answered
+        return bool(self._pli_answered)  # unknown counts as no: a joiner starts from the cache at once
 
     def start(self, publisher: Publisher) -> None:
         """A publisher takes the stream; called before its offer is applied."""
@@ -193,6 +197,7 @@ class Stream:
         aiortc_patch.tap_receiver(receiver, track.on_packet)
         aiortc_patch.on_sender_report(receiver, forwarder.on_sender_report)
         aiortc_patch.on_nack_sent(receiver, self._count_nacks_sent)
+        self._nack_retries.append(aiortc_patch.retry_nacks(receiver))
 
     def _keyframe_arrived(self) -> None:
         if self._keyframes:
@@ -217,11 +222,15 @@ class Stream:
             self._keyframes.close()
             self._ended["keyframe_requests"] += self._keyframes.sent
         self._keyframes = None
-        if self._pli_check:
-            self._pli_check.cancel()
-        self._pli_check, self._pli_pending, self._pli_answered = None, None, True
+        for timer in (self._pli_check, self._pli_timeout):
+            if timer:
+                timer.cancel()
+        self._pli_check, self._pli_timeout, self._pli_pending, self._pli_answered = None, None, None, None
         self.publisher = None
         self._publisher_connected = False
+        for stop_retries in self._nack_retries:
+            stop_retries()
+        self._nack_retries = []
         self.tracks = {}
         self._receivers = {}
         self.size = None
@@ -269,7 +278,17 @@ class Stream:
         await aiortc_patch.send_pli(receiver, track.ssrc)
         if self._pli_pending is None:
             self._pli_pending = time.monotonic()
+            if self._pli_timeout:
+                self._pli_timeout.cancel()
+            self._pli_timeout = asyncio.get_running_loop().call_later(
+                PLI_ANSWER_WINDOW + PLI_TIMEOUT_SLACK, self._pli_unanswered)
         return True
+
+    def _pli_unanswered(self) -> None:
+        """No keyframe came for the last request: whoever waits for one starts from the cached GOP."""
+        self._pli_timeout = None
+        if not self.answers_keyframe_requests:
+            self.forwarders["video"].keyframe_unanswered()
 
     def set_recording(self, recording: bool, error: str | None = None) -> None:
         """Set by the recordings manager, so the API and live updates show it."""

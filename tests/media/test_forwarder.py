@@ -1,18 +1,20 @@
 """The forwarder's per-viewer packet rewrite, keyframe starts, NACK answers and reconnect continuity.
 
-The send path is a list (protect = identity): these tests check the bytes a
-viewer would get, parsed back with aiortc's own RTP parser. The real send path
-(SRTP, ICE socket) is covered end to end in tests/server.
+Each viewer has a real SRTP session; its socket is a list: these tests check
+the bytes a viewer would get, unprotected and parsed back with aiortc's own RTP
+parser. The ICE socket is covered end to end in tests/server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from pylibsrtp import Policy, Session
 
 from relay.media.aiortc_patch import SendPath
 from relay.media.forwarder import URI_ABS_SEND_TIME, URI_MID, Forwarder, Output, State
@@ -26,10 +28,14 @@ VP8_MORE = bytes([0x00, 0x55]) + bytes(100)  # S=0: a frame's later partition da
 class Viewer:
     def __init__(self, extensions: dict[str, int], rtx: bool = True) -> None:
         self.sent: list[bytes] = []
+        self.key = os.urandom(30)
+        policy = Policy(key=self.key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+        policy.allow_repeat_tx = True  # as aiortc's: a plain retransmission repeats a sequence number
+        srtp = Session(policy)
         self.path = SendPath(
             ssrc=0xCAFE, rtx_ssrc=0xBEEF, payload_type=120, rtx_payload_type=121 if rtx else None, mid="v",
-            extensions=extensions, protect=lambda data: data,
-            sendto=lambda data, addr: self.sent.append(data), addr=("192.0.2.9", 9),
+            extensions=extensions, srtp=srtp,
+            sendto=lambda data, addr: self.sent.append(bytes(data)), addr=("192.0.2.9", 9),
         )
         params = RTCRtpParameters(headerExtensions=[RTCRtpHeaderExtensionParameters(id=i, uri=u)
                                                     for u, i in extensions.items()])
@@ -37,7 +43,9 @@ class Viewer:
         self.map.configure(params)
 
     def packets(self) -> list[RtpPacket]:
-        return [RtpPacket.parse(data, self.map) for data in self.sent]
+        """What was sent, unprotected (each packet on its own: a retransmission repeats one)."""
+        return [RtpPacket.parse(Session(Policy(key=self.key, ssrc_type=Policy.SSRC_ANY_INBOUND)).unprotect(data),
+                                self.map) for data in self.sent]
 
 
 class Recorder:
@@ -174,3 +182,18 @@ async def test_a_new_publisher_continues_the_viewers_numbering(kind: str) -> Non
     elapsed = (got[2].timestamp - got[1].timestamp) & 0xFFFFFFFF
     assert 0.2 * clock <= elapsed < 1.5 * clock, "timestamps advance by the wall time that passed"
     assert out.packets == 3
+
+
+async def test_viewers_waiting_for_an_unanswered_keyframe_start_from_the_cache() -> None:
+    rec = Recorder()
+    fw = rec.forwarder()
+    fw.on_packet(1, 0, 1, VP8_KEY)
+    fw.on_packet(2, 3000, 1, VP8_DELTA_START)
+    fw.keyframe_at = time.time() - 5  # an old GOP, and a publisher believed to answer requests
+    viewer = Viewer({URI_MID: 1})
+    out = join(fw, viewer)
+    assert out.state is State.WAITING and rec.requests == ["viewer joined"]
+    fw.keyframe_unanswered()  # the stream's PLI timeout: no keyframe came
+    await asyncio.sleep(0.05)
+    assert out.state is State.LIVE and not fw.waiting()
+    assert [p.payload for p in viewer.packets()] == [VP8_KEY, VP8_DELTA_START]
