@@ -138,12 +138,12 @@ class RelayProcess:
 
 def spawn_relay(tmp_path: Path, settings: dict[str, Any] | None = None,
                 script: list[str] | None = None, env: dict[str, str] | None = None,
-                args: list[str] | None = None) -> RelayProcess:
+                args: list[str] | None = None, log: Path | None = None) -> RelayProcess:
     """Start a server process (one process unless `settings` say otherwise) with LOOPBACK settings
     on a free port (or the one `settings` give); wait until it answers.
 
     `args` are added to `relay serve`'s command line; with --tls-cert it serves (and is polled
-    over) HTTPS, its certificate unchecked.
+    over) HTTPS, its certificate unchecked. With `log`, its output goes there.
     """
     port = (settings or {}).get("server", {}).get("port") or free_port()
     config = tmp_path / "relay.yaml"
@@ -152,7 +152,10 @@ def spawn_relay(tmp_path: Path, settings: dict[str, Any] | None = None,
     command = [sys.executable, *(script or ["-m", "relay"]), *([] if script else ["serve"]), "--config", str(config),
                *(args or [])]
     scheme = "https" if "--tls-cert" in (args or []) else "http"
-    process = subprocess.Popen(command, env=env)
+    output = log.open("ab") if log else None
+    process = subprocess.Popen(command, env=env, stdout=output, stderr=output)
+    if output:
+        output.close()  # the child has its own copy
     deadline = time.monotonic() + 60  # a ceiling: worker processes start slowly on a loaded machine
     while True:
         try:

@@ -45,11 +45,14 @@ from relay.config import Config
 
 log = logging.getLogger(__name__)
 
-# The aiohttp internals this module hooks (also Server.request_factory, an attribute); checked at import.
+# The aiohttp internals this module hooks (also Server.request_factory and RequestHandler._task_handler,
+# attributes); checked at import.
 for _owner, _name in ((web.Application, "_make_handler"), (web.Server, "connection_made"),
                       (web.Server, "connection_lost"), (RequestHandler, "force_close")):
     if not callable(getattr(_owner, _name, None)):
         raise ImportError(f"relay.server.connections: aiohttp's {_owner.__name__} has no {_name}")
+if "_task_handler" not in RequestHandler.connection_made.__code__.co_names:
+    raise ImportError("relay.server.connections: aiohttp's RequestHandler no longer keeps its task in _task_handler")
 
 
 def _answer(status: int, reason: str, slug: str, detail: str, retry_after: int | None = None) -> bytes:
@@ -114,6 +117,12 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _cancel_start(handler: RequestHandler) -> None:
+    task = handler._task_handler
+    if task is not None:
+        task.cancel()
+
+
 class ConnectionGuard:
     """The per-address connection cap and the header deadline, on one aiohttp `Server`."""
 
@@ -154,6 +163,9 @@ class ConnectionGuard:
             transport.write(_answer(503, "Service Unavailable", "too-many-connections",
                                     f"more than {self.per_address} open connections from {address}; "
                                     "close some, or reuse them (keep-alive)", retry_after=5))
+            # Closed now, the handler's connection_lost runs before the task aiohttp is about to
+            # start for it, which then fails its first assertion: that task is cancelled first.
+            asyncio.get_running_loop().call_soon(_cancel_start, handler)
             handler.force_close()  # the transport sends the 503, then closes; nothing is read
             return
         self.open[address] += 1
