@@ -386,13 +386,19 @@ def _current_ntp_time() -> int:
     return ((seconds + _NTP_UNIX_OFFSET) << 32) | int((now - seconds) * (1 << 32))
 
 
+def _current_ms() -> int:
+    return int((time.time() + _NTP_UNIX_OFFSET) * 1000)
+
+
 def use_fast_ntp_clock() -> None:
-    """aiortc's sender reads the NTP clock twice per packet through `datetime`
-    (clock.current_ntp_time: two datetime objects, a timedelta, a division),
-    8 % of the server's time with 16 viewers (docs/benchmarks.md). The same
-    64-bit NTP value from `time.time()` costs a fraction of that.
+    """aiortc reads the NTP clock through `datetime` (two datetime objects, a
+    timedelta, a division): twice per packet in a stock sender (8 % of the
+    server's time with 16 viewers, docs/benchmarks.md) and once per received
+    packet (`current_ms`, each packet's arrival time). The same values from
+    `time.time()` cost a fraction of that.
     """
     aiortc.clock.current_ntp_time = _current_ntp_time
+    aiortc.clock.current_ms = _current_ms
 
 
 # --- Offers as native stacks write them: H.264 of any profile, simulcast layers -----------------

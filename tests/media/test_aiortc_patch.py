@@ -13,3 +13,5 @@ def test_fast_ntp_clock_reads_the_same_time() -> None:
     theirs = aiortc.clock.datetime_to_ntp(aiortc.clock.current_datetime())
     assert abs(theirs - ours) / 2**32 < 0.005
     assert aiortc.clock.datetime_from_ntp(ours).year == aiortc.clock.current_datetime().year
+    theirs_ms = int((aiortc.clock.current_datetime() - aiortc.clock.NTP_EPOCH).total_seconds() * 1000)
+    assert abs(aiortc.clock.current_ms() - theirs_ms) < 5, "arrival times are NTP milliseconds, as aiortc's"
