@@ -14,6 +14,7 @@ import asyncio
 import errno
 import math
 import socket
+import threading
 import time
 import types
 from collections.abc import Callable, Collection
@@ -28,6 +29,7 @@ import aioice.turn
 import aiortc
 import aiortc.clock
 import aiortc.codecs
+import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pylibsrtp
 from aiortc import (
@@ -81,6 +83,7 @@ def _check() -> None:
     needs = [
         (RTCRtpReceiver.__init__, "_RTCRtpReceiver__jitter_buffer"),
         (RTCRtpReceiver._handle_rtp_packet, "_RTCRtpReceiver__jitter_buffer"),
+        (RTCRtpReceiver.receive, "Thread"),
         (RTCRtpSender.__init__, "_RTCRtpSender__encoder"),
         (RTCRtpSender._next_encoded_frame, "_RTCRtpSender__encoder"),
         (RTCRtpSender._handle_rtcp_packet, "_send_keyframe"),
@@ -122,6 +125,25 @@ def _check() -> None:
 
 
 _check()
+
+
+class _DaemonThread(threading.Thread):
+    """aiortc's receiver decoder thread, made a daemon.
+
+    Each receiver starts one (a plain thread) and only its `stop()` ends it: a
+    peer connection whose close a shutdown interrupted (an edge's pull closing
+    while SIGTERM comes) left one behind, and the interpreter waited for it at
+    exit until the shutdown grace killed the process. A tapped receiver's
+    thread never gets work anyway; a decoding client's dies with the process.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "daemon": True})
+
+
+_receiver_threading = types.ModuleType("threading", "what aiortc.rtcrtpreceiver uses of threading")
+vars(_receiver_threading).update(Thread=_DaemonThread, Event=threading.Event)
+aiortc.rtcrtpreceiver.threading = _receiver_threading
 
 
 def tap_receiver(receiver: RTCRtpReceiver, on_packet: Callable[[DepayloadedPacket], None]) -> None:

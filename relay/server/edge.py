@@ -59,6 +59,7 @@ class Pull:
         self.client = WhepClient(url, on_receiver=self._add_receiver, **options)
         self._on_closed = on_closed
         self._tasks = Tasks()
+        self._closing: asyncio.Future[None] | None = None
 
     def _add_receiver(self, kind: str, receiver: RTCRtpReceiver, codec: str) -> None:
         self.stream.add_receiver(kind, receiver, codec, CLOCK_RATES[kind])
@@ -80,8 +81,12 @@ class Pull:
         await self.close("the origin ended the session")
 
     async def close(self, reason: str) -> None:
-        if self.closed:
-            return
+        """End the pull; a second call (the edge shutting down) waits for the first to finish."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(reason))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str) -> None:
         self.closed = True
         log.info("pull %s of %r from %s closed: %s", self.id, self.stream.name, self.client.url, reason)
         self._tasks.cancel()
