@@ -50,6 +50,9 @@ class WhepClient(Client):
         self.tracks: dict[str, MediaStreamTrack] = {}
         self.encoded: dict[str, EncodedTrack] = {}
         self._payload_types: dict[str, dict[int, str]] = {}
+        # Each stops one receiver's NACK retries: a packet still missing is asked for again, as
+        # browsers do (aiortc alone asks again only when the next gap opens).
+        self._nack_retries: list[Callable[[], None]] = []
 
     def _prepare(self) -> None:
         assert self.pc is not None
@@ -59,11 +62,13 @@ class WhepClient(Client):
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         self.tracks[track.kind] = track
-        if not self._encoded and self._on_receiver is None:
-            return
         # Emitted inside setRemoteDescription, before any packet can arrive.
         assert self.pc is not None
         transceiver = transceiver_of(self.pc, track)
+        if self._on_receiver is None:  # (an edge's stream retries its receivers' NACKs itself)
+            self._nack_retries.append(aiortc_patch.retry_nacks(transceiver.receiver))
+        if not self._encoded and self._on_receiver is None:
+            return
         codecs = self._payload_types.get(str(transceiver.mid), {})
         if self._on_receiver is not None:
             codec = first_codec(codecs)
@@ -86,6 +91,12 @@ class WhepClient(Client):
             await until_media_ends(track)
         finally:
             encoded.end()
+
+    async def close(self) -> None:
+        for stop in self._nack_retries:
+            stop()
+        self._nack_retries.clear()
+        await super().close()
 
     async def _apply_answer(self, answer: str) -> None:
         self._payload_types = negotiated_codecs(answer)

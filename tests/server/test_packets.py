@@ -89,13 +89,13 @@ def output(stream: Stream, kind: str = "video") -> list[Output]:
     return list(stream.forwarders[kind].outputs)
 
 
-@pytest.mark.parametrize("leg", ["viewer", "publisher", "publisher-twice"])
+@pytest.mark.parametrize("leg", ["viewer", "viewer-twice", "publisher", "publisher-twice"])
 async def test_lost_packets_are_repaired_without_a_keyframe(leg: str) -> None:
     """Loss toward one viewer is answered from the packet cache; loss from the publisher by Relay's NACK.
 
-    "publisher-twice" loses each retransmission too: only Relay's NACK retry brings the
-    last one (aiortc alone asks again only at the next gap, and after the last drop there
-    is none). Either way the picture goes on with every frame and nobody asks for a keyframe. (The
+    "-twice" loses each retransmission too: only a NACK retry brings the last one (aiortc
+    alone asks again only at the next gap, and after the last drop there is none); Relay
+    retries toward its publisher, Relay's WhepClient toward Relay. Either way the picture goes on with every frame and nobody asks for a keyframe. (The
     frame assembler's hole_wait is long here so a busy test machine's slow NACK round trip
     is not taken for a loss.)
     """
@@ -113,9 +113,12 @@ async def repaired_without_a_keyframe(relay: RunningRelay, leg: str) -> None:
             assert stream is not None and stream.publisher is not None
             await asyncio.sleep(max(0.0, 2.0 - video.frames_sent / 30))  # past the "does it answer?" check
             before = dict(stream.keyframe_reasons)
-            if leg == "viewer":
+            if leg.startswith("viewer"):
                 (out,) = output(stream)
-                dropped = drop_rtp(viewer.pc, every(15, lambda: out.ssrc))
+                media = every(15, lambda: out.ssrc)
+                if leg == "viewer-twice":
+                    media = and_first_retransmission(media, lambda: out.rtx_ssrc)
+                dropped = drop_rtp(viewer.pc, media)
             else:
                 tap = stream.tracks["video"]
                 media = every(15, lambda: tap.ssrc)
@@ -128,7 +131,7 @@ async def repaired_without_a_keyframe(relay: RunningRelay, leg: str) -> None:
             assert max(b - a for a, b in zip(counters, counters[1:])) == 1, f"frames lost: {counters}"
             assert stream.keyframe_reasons == before, "a keyframe was requested though the loss was repaired"
             # The newest drop may not be noticed yet: a gap shows when the next packet comes.
-            if leg == "viewer":
+            if leg.startswith("viewer"):
                 await relay.wait_until(lambda: out.retransmits >= len(dropped), timeout=5)
                 assert stream.nacks_received >= len(dropped)
             else:
