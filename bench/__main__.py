@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .measure import FULL, SERVERS, SHORT, SIZES, cores, run
+from .measure import FULL, SERVERS, SHORT, SIZES, cores, run, run_loss
 from .profile import profile
 from .report import markdown
 
@@ -65,14 +65,15 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("action", nargs="?", default="run", choices=["run", "profile"])
+    parser.add_argument("action", nargs="?", default="run", choices=["run", "profile", "loss"])
     parser.add_argument("--short", action="store_true", help="the CI smoke run: small counts, short windows")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--sizes", help=f"comma-separated subset of {','.join(SIZES)}")
     parser.add_argument("--servers", help=f"comma-separated subset of {','.join(SERVERS)}")
     parser.add_argument("--max-viewers", type=int, help="cap the Relay sweep")
     parser.add_argument("--viewers", type=int, default=16, help="profile: viewers while sampling")
-    parser.add_argument("--seconds", type=float, default=15.0, help="profile: sampling time")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="profile: sampling time; loss: seconds per loss level")
     parser.add_argument("--logs", type=Path, help="keep the child processes' logs here")
     parser.add_argument("--plot", nargs="?", const=DOCS, type=Path, metavar="DIR",
                         help=f"also draw the charts (matplotlib) into DIR (default {DOCS.relative_to(ROOT)})")
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         print(asyncio.run(profile(args.viewers, args.seconds, log_dir, log)))
         return 0
     plan = SHORT if args.short else FULL
+    if args.action == "loss":
+        plan = dataclasses.replace(plan, servers=(args.servers or "relay").split(","), loss_seconds=args.seconds)
+        return report(asyncio.run(run_loss(plan, log_dir, log)), None)
     if args.sizes:
         plan = dataclasses.replace(plan, sizes=args.sizes.split(","))
     if args.servers:

@@ -618,6 +618,16 @@ async def loss(rig: Rig) -> list[dict[str, Any]]:
     return out
 
 
+async def run_loss(plan: Plan, log_dir: Path, log: Any) -> dict[str, Any]:
+    """Only the loss experiment (`python -m bench loss`), for longer windows than the full run affords."""
+    results: dict[str, Any] = {"sweeps": [], "recording": [], "joins": [], "latency": [], "crowd": [], "loss": []}
+    for server in plan.servers:
+        async with Rig(server, plan, log_dir) as rig:
+            results["loss"] += await loss(rig)
+            log(f"{server} loss: {results['loss'][-len(plan.loss):]}")
+    return results
+
+
 async def run(plan: Plan, log_dir: Path, log: Any, save: Any = None) -> dict[str, Any]:
     """Every experiment of `plan`, every server in the same run; `save(results)` after each step.
 
