@@ -1,4 +1,4 @@
-"""VP8 and H.264 headers as real encoders write them: keyframes, frame starts, sizes, SPS cropping."""
+"""VP8, VP9 and H.264 headers as real encoders write them: keyframes, frame starts, sizes, SPS cropping."""
 
 from __future__ import annotations
 
@@ -21,7 +21,16 @@ from relay.media.bitstream import (
     vp8_keyframe,
     vp8_packet_keyframe,
     vp8_size,
+    vp9_descriptor,
+    vp9_frame_end,
+    vp9_frame_start,
+    vp9_keyframe,
+    vp9_packet_keyframe,
+    vp9_picture,
+    vp9_size,
 )
+
+from .vp9 import descriptor, encode_vp9, packetize
 
 
 def encode(codec: str, width: int, height: int, frames: int = 3, **options: str) -> list[bytes]:
@@ -116,3 +125,55 @@ def test_h264_keyframes_are_found_in_single_nal_stap_a_and_fu_a() -> None:
     assert h264_packet_keyframe(b"\x7c\x85" + bytes(10)) == 1  # FU-A, S=1, IDR
     assert h264_packet_keyframe(b"\x7c\x05" + bytes(10)) == 0  # FU-A continuation
     assert h264_packet_keyframe(b"\x7c\x81" + bytes(10)) == 0  # FU-A start of a non-IDR slice
+
+
+@pytest.mark.parametrize("width,height", [(320, 240), (642, 362)])
+def test_vp9_keyframe_and_size_from_the_uncompressed_header(width: int, height: int) -> None:
+    key, *deltas = encode_vp9(width, height, 3)
+    assert vp9_keyframe(key) and vp9_size(key) == (width, height)
+    assert video_size("VP9", key) == (width, height)
+    assert deltas and not any(vp9_keyframe(d) for d in deltas)
+    assert all(vp9_size(d) is None for d in deltas)
+    assert vp9_size(key[:5]) is None and not vp9_keyframe(b"") and vp9_size(b"\x00" * 16) is None
+
+
+@pytest.mark.parametrize("flexible", [False, True])
+def test_vp9_keyframes_are_found_at_packet_level_behind_any_descriptor(flexible: bool) -> None:
+    key, delta = encode_vp9(320, 240, 2)
+    key_packets = packetize(key, 7, keyframe=True, size=(320, 240), flexible=flexible)
+    delta_packets = packetize(delta, 8, keyframe=False, flexible=flexible)
+    assert len(key_packets) > 2
+    assert vp9_packet_keyframe(key_packets[0])
+    assert not any(vp9_packet_keyframe(p) for p in key_packets[1:] + delta_packets)
+    # The descriptor's length is exactly what precedes the frame's bytes.
+    length, sid = vp9_descriptor(key_packets[0])
+    assert key_packets[0][length:] == key[:len(key_packets[0]) - length] and sid == 0
+    # P clear but no KEY_FRAME header (an intra-only frame, or garbage) is no keyframe.
+    assert not vp9_packet_keyframe(descriptor(8, keyframe=True, start=True, end=False) + delta[:40])
+    # An upper spatial layer of a key picture does not start a decoder.
+    assert not vp9_packet_keyframe(descriptor(7, keyframe=True, start=True, end=False, sid=1) + key[:40])
+    # Without layer indices the stream has one layer: B and P alone decide.
+    assert vp9_packet_keyframe(bytes([0x88]) + key[:40]) and not vp9_packet_keyframe(bytes([0xC8]) + key[:40])
+    assert vp9_descriptor(bytes([0xA8, 0x80])) == (0, 0), "cut short"
+
+
+def test_vp9_frame_starts_and_ends() -> None:
+    start = descriptor(1, keyframe=False, start=True, end=False)
+    assert vp9_frame_start(start) and not vp9_frame_start(descriptor(1, keyframe=False, start=False, end=True))
+    assert not vp9_frame_start(descriptor(1, keyframe=False, start=True, end=False, sid=1))
+    assert vp9_frame_end(bytes([0x84])) and not vp9_frame_end(bytes([0x80]))
+    assert not vp9_frame_end(descriptor(1, keyframe=False, start=False, end=True)), "with L only the marker ends"
+
+
+def test_vp9_picture_strips_descriptors_and_joins_spatial_layers_in_a_superframe() -> None:
+    key, delta = encode_vp9(320, 240, 2)
+    base = packetize(key, 3, keyframe=True, size=(320, 240))
+    assert vp9_picture(base) == key
+    upper = packetize(delta, 3, keyframe=True, sid=1)
+    picture = vp9_picture(base + upper)
+    assert picture.startswith(key + delta) and vp9_keyframe(picture)
+    index = picture[len(key) + len(delta):]
+    width = (index[0] >> 3 & 3) + 1
+    assert index[0] == index[-1] and index[0] & 0xE7 == 0xC1 and len(index) == 2 + 2 * width
+    assert [int.from_bytes(index[1 + i * width:1 + (i + 1) * width], "little") for i in range(2)] == [
+        len(key), len(delta)]
