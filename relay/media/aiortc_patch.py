@@ -28,6 +28,7 @@ import aioice.turn
 import aiortc
 import aiortc.clock
 import aiortc.codecs
+import aiortc.rtcpeerconnection
 import aiortc.rtp
 import pylibsrtp
 from aiortc import (
@@ -109,6 +110,8 @@ def _check() -> None:
     if not isinstance(getattr(aiortc.codecs, "CODECS", None), dict) or not isinstance(
             getattr(aiortc.codecs, "HEADER_EXTENSIONS", None), dict):
         problems.append("aiortc.codecs.CODECS / HEADER_EXTENSIONS are gone")
+    if "is_codec_compatible" not in aiortc.rtcpeerconnection.find_common_codecs.__code__.co_names:
+        problems.append("find_common_codecs no longer uses is_codec_compatible")
     if "rtp_stream_id" not in aiortc.rtp.HeaderExtensions.__dataclass_fields__:
         problems.append("aiortc.rtp.HeaderExtensions has no rtp_stream_id")
     if not hasattr(RTCRtpReceiver, "_send_rtcp_pli"):
@@ -395,16 +398,21 @@ def use_fast_ntp_clock() -> None:
     aiortc.clock.current_ntp_time = _current_ntp_time
 
 
-# --- Offers as native stacks write them: H.264 of any profile, simulcast layers -----------------
+# --- Offers as native stacks write them: H.264 of any profile, VP9, simulcast layers ----------
 #
 # aiortc lists H.264 constrained baseline only and matches H.264 by profile and
 # packetization mode (never by level), so a publisher that signals High
 # (OBS with x264 often does) finds no common codec. Forwarding never decodes and
 # browsers decode every profile, so Relay registers one entry per profile.
+# VP9 (profile 0, what browsers send by default) is registered too, to be
+# forwarded only: the tap never queues a frame for the decoder thread (the
+# only caller of get_decoder) and a viewer's parked track never reaches
+# get_encoder, so aiortc never looks for a VP9 codec it does not have.
 # aiortc parses the header extensions that name simulcast layers (RFC 8852)
 # only when they are registered too.
 
 _EXTRA_H264_PROFILES = ("4d001f", "640c1f", "64001f")  # Main, Constrained High, High
+_VP9_PROFILE = "0"
 
 
 def _register_native_codecs() -> None:
@@ -412,14 +420,14 @@ def _register_native_codecs() -> None:
     h264 = [c for c in video if c.mimeType.lower() == "video/h264"]
     have = {str(c.parameters.get("profile-level-id")) for c in h264}
     payload_type = max(c.payloadType or 0 for c in video) + 1
-    for profile in _EXTRA_H264_PROFILES:
-        if profile in have:
-            continue
-        video.append(RTCRtpCodecParameters(
-            mimeType="video/H264", clockRate=90000, payloadType=payload_type,
-            rtcpFeedback=list(h264[0].rtcpFeedback),
-            parameters={"level-asymmetry-allowed": "1", "packetization-mode": "1", "profile-level-id": profile},
-        ))
+    extra: list[tuple[str, dict[str, int | str | None]]] = [
+        ("video/H264", {"level-asymmetry-allowed": "1", "packetization-mode": "1", "profile-level-id": p})
+        for p in _EXTRA_H264_PROFILES if p not in have]
+    if all(c.mimeType.lower() != "video/vp9" for c in video):
+        extra.append(("video/VP9", {"profile-id": _VP9_PROFILE}))
+    for mime, parameters in extra:
+        video.append(RTCRtpCodecParameters(mimeType=mime, clockRate=90000, payloadType=payload_type,
+                                           rtcpFeedback=list(h264[0].rtcpFeedback), parameters=parameters))
         video.append(RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=payload_type + 1,
                                            parameters={"apt": payload_type}))
         payload_type += 2
@@ -432,6 +440,24 @@ def _register_native_codecs() -> None:
 
 
 _register_native_codecs()
+
+_is_codec_compatible = aiortc.rtcpeerconnection.is_codec_compatible
+
+
+def _vp9_profile_compatible(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+    """aiortc's codec match, and for VP9 the same profile-id (absent means 0, RFC 9628 §6.1).
+
+    aiortc compares VP9 on name and clock only, so it would answer a profile-2
+    (10-bit) entry listed first with the profile it registered.
+    """
+    if not _is_codec_compatible(a, b):
+        return False
+    if a.mimeType.lower() != "video/vp9":
+        return True
+    return str(a.parameters.get("profile-id", 0)) == str(b.parameters.get("profile-id", 0))
+
+
+aiortc.rtcpeerconnection.is_codec_compatible = _vp9_profile_compatible
 
 
 def answer_h264_as_offered(pc: RTCPeerConnection, offered: dict[str, list[RTCRtpCodecParameters]]) -> None:
