@@ -12,11 +12,13 @@ import av
 import pytest
 
 from relay.media import writer
+from relay.media.assembler import EncodedFrame, VideoAssembler
 from relay.media.fanout import FanOut, MediaFrame
 from relay.media.recorder import Recorder
 from relay.media.writer import FileSpec, MediaWriter, OutputFile, Queued
 
 from ..conftest import files, poll_until
+from .vp9 import encode_vp9, rtp_packets
 
 
 def vp8_frame(n: int, keyframe: bool) -> MediaFrame:
@@ -90,3 +92,34 @@ def test_the_writer_anchors_on_arrival_keeps_tracks_monotonic_and_survives_a_bad
     times = [float(p.pts * p.time_base) for p in packets]
     assert abs(times[0] - 0.5) < 0.002 and abs(times[-1] - (0.5 + 29 / 30)) < 0.002, times
     assert media.bytes_written == sum(p.size for p in packets)
+
+
+async def test_vp9_from_rtp_packets_is_recorded_to_webm_as_vp9(tmp_path: Path) -> None:
+    """Packets as a browser sends them, assembled as the tap does, make a WebM that decodes at its size and length."""
+    stream = SimpleNamespace(name="cam", tracks={"video": SimpleNamespace(codec="VP9")},
+                             fanouts={"video": FanOut("video"), "audio": FanOut("audio")},
+                             request_keyframe=lambda reason: None)
+    recorder = Recorder(stream, tmp_path)  # type: ignore[arg-type]
+    recorder.start()
+    tb = Fraction(1, 90000)
+
+    def push(frame: EncodedFrame) -> None:
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = frame.timestamp
+        packet.time_base = tb
+        stream.fanouts["video"].push(MediaFrame(packet, frame.keyframe, len(frame.data)))
+
+    frames = encode_vp9(160, 120, 30)
+    assembler = VideoAssembler("VP9", push, lambda: None)
+    for packet in rtp_packets(frames, (160, 120), flexible=True):
+        assembler.add(packet)
+    recorder.stop()
+    assert await asyncio.to_thread(recorder.join, 10)
+    (path,) = files(tmp_path, "cam")
+    assert path.suffix == ".webm"
+    with av.open(str(path)) as container:
+        (video,) = container.streams
+        assert video.codec_context.name == "vp9"
+        assert container.duration is not None and abs(container.duration / 1e6 - 30 / 30) < 0.05
+        decoded = list(container.decode(video))
+    assert len(decoded) == 30 and (decoded[0].width, decoded[0].height) == (160, 120)
