@@ -20,6 +20,8 @@ from relay.media.aiortc_patch import SendPath
 from relay.media.forwarder import URI_ABS_SEND_TIME, URI_MID, Forwarder, Output, State
 from relay.media.meter import RateMeter
 
+from .vp9 import encode_vp9, packetize
+
 VP8_KEY = bytes([0x10, 0x00]) + bytes(100)  # S=1, PID 0; VP8 header P bit clear
 VP8_DELTA_START = bytes([0x10, 0x01]) + bytes(100)  # P bit set
 VP8_MORE = bytes([0x00, 0x55]) + bytes(100)  # S=0: a frame's later partition data
@@ -197,3 +199,21 @@ async def test_viewers_waiting_for_an_unanswered_keyframe_start_from_the_cache()
     await asyncio.sleep(0.05)
     assert out.state is State.LIVE and not fw.waiting()
     assert [p.payload for p in viewer.packets()] == [VP8_KEY, VP8_DELTA_START]
+
+
+async def test_a_vp9_viewer_waits_for_the_first_packet_of_a_vp9_keyframe() -> None:
+    key, delta = encode_vp9(160, 120, 2)
+    key_packets = packetize(key, 1, keyframe=True, size=(160, 120), mtu=400)
+    delta_packets = packetize(delta, 2, keyframe=False, mtu=400)
+    rec = Recorder()
+    fw = rec.forwarder()
+    fw.attach("VP9")
+    viewer = Viewer({URI_MID: 1})
+    out = join(fw, viewer)
+    for seq, payload in enumerate(key_packets[1:] + delta_packets):  # joined after the keyframe began
+        fw.on_packet(seq, 0 if seq < len(key_packets) - 1 else 3000, 0, payload)
+    assert out.state is State.WAITING and not viewer.sent and rec.keyframes == 0
+    for seq, payload in enumerate(key_packets, start=100):
+        fw.on_packet(seq, 6000, int(seq == 99 + len(key_packets)), payload)
+    assert rec.keyframes == 1 and out.state is State.LIVE
+    assert [p.payload for p in viewer.packets()] == key_packets
