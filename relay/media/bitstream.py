@@ -1,4 +1,4 @@
-"""What Relay reads of VP8, VP9 and H.264 bitstreams: frame starts, keyframes, sizes.
+"""What Relay reads of VP8, VP9, AV1 and H.264 bitstreams: frame starts, keyframes, sizes.
 
 Only headers are parsed, never pictures; this is how a relay that does not
 decode still knows where frames start and how big the picture is.
@@ -131,8 +131,8 @@ def h264_size(frame: bytes) -> tuple[int, int] | None:
 
 
 def video_size(codec: str, frame: bytes) -> tuple[int, int] | None:
-    name = codec.lower()
-    return vp8_size(frame) if name == "vp8" else vp9_size(frame) if name == "vp9" else h264_size(frame)
+    sizes = {"vp8": vp8_size, "vp9": vp9_size, "av1": av1_size}
+    return sizes.get(codec.lower(), h264_size)(frame)
 
 
 def vp8_packet_keyframe(payload: bytes) -> bool:
@@ -328,3 +328,146 @@ def vp9_picture(payloads: list[bytes]) -> bytes:
     marker = bytes([0xC0 | (width - 1) << 3 | (len(frames) - 1)])
     index = marker + b"".join(len(f).to_bytes(width, "little") for f in frames) + marker
     return b"".join(frames) + index
+
+
+# AV1's RTP aggregation header (AV1 RTP payload format §4.4), one byte: Z Y W W N - - -.
+AV1_Z, AV1_Y, AV1_N = 0x80, 0x40, 0x08
+AV1_SEQUENCE_HEADER, AV1_TEMPORAL_DELIMITER = 1, 2  # OBU types (AV1 spec §6.2.2)
+
+
+def leb128(data: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned LEB128 value at `pos` and the position after it (AV1 spec §4.10.5)."""
+    value = 0
+    for i in range(8):
+        if pos >= len(data):
+            raise ValueError("LEB128 value truncated")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos
+    raise ValueError("LEB128 value too long")
+
+
+def to_leb128(value: int) -> bytes:
+    """`value` as unsigned LEB128."""
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def av1_packet_keyframe(payload: bytes) -> bool:
+    """N=1 (so Z=0): the first packet of a coded video sequence, which starts with a keyframe."""
+    return bool(payload) and payload[0] & (AV1_Z | AV1_N) == AV1_N
+
+
+def av1_obus(data: bytes) -> list[tuple[int, bytes]]:
+    """The (type, whole OBU) of a low-overhead bitstream (AV1 spec §5), every OBU with its size field."""
+    obus, pos = [], 0
+    try:
+        while pos < len(data):
+            header = data[pos]
+            start = pos + 1 + (1 if header & 0x04 else 0)  # obu_extension_flag
+            if not header & 0x02:  # no obu_has_size_field: the OBU runs to the end
+                obus.append(((header >> 3) & 0x0F, data[pos:]))
+                break
+            size, body = leb128(data, start)
+            obus.append(((header >> 3) & 0x0F, data[pos:body + size]))
+            pos = body + size
+    except ValueError:
+        pass
+    return obus
+
+
+def av1_temporal_unit(payloads: list[bytes]) -> bytes:
+    """A temporal unit's RTP payloads as a low-overhead bitstream (AV1 spec §5), as WebM stores it.
+
+    Each packet holds OBU elements, the first a continuation when Z is set;
+    W of them, or all (W=0), have a LEB128 length first (RTP payload format
+    §4.4-4.5). Each OBU gets its size field back, and temporal delimiters are
+    dropped, as Matroska's AV1 mapping wants.
+    """
+    obus: list[bytearray] = []
+    open_obu: bytearray | None = None  # the OBU the previous packet left open (Y), if its start arrived
+    for payload in payloads:
+        if not payload:
+            continue
+        aggregation, count, pos, index = payload[0], (payload[0] >> 4) & 0x03, 1, 0
+        last: bytearray | None = None
+        try:
+            while pos < len(payload):
+                index += 1
+                if count and index == count:
+                    size = len(payload) - pos
+                else:
+                    size, pos = leb128(payload, pos)
+                element = payload[pos:pos + size]
+                pos += size
+                if index == 1 and aggregation & AV1_Z:
+                    last = open_obu  # None if its start was lost: the fragment is dropped
+                    if last is not None:
+                        last += element
+                else:
+                    last = bytearray(element)
+                    obus.append(last)
+        except ValueError:
+            last = None
+        open_obu = last if aggregation & AV1_Y else None
+    out = bytearray()
+    for obu in obus:
+        if not obu or (obu[0] >> 3) & 0x0F == AV1_TEMPORAL_DELIMITER:
+            continue
+        header_size = 2 if obu[0] & 0x04 else 1
+        if obu[0] & 0x02:
+            out += obu  # the sender kept the size field
+        else:
+            out += bytes([obu[0] | 0x02]) + obu[1:header_size] + to_leb128(len(obu) - header_size) + obu[header_size:]
+    return bytes(out)
+
+
+def av1_keyframe(temporal_unit: bytes) -> bool:
+    """A temporal unit a decoder can start on: it begins a coded video sequence (a sequence header)."""
+    return any(kind == AV1_SEQUENCE_HEADER for kind, _ in av1_obus(temporal_unit))
+
+
+def av1_size(temporal_unit: bytes) -> tuple[int, int] | None:
+    """Width and height (the maximum the sequence allows) from the temporal unit's sequence header (AV1 spec §5.5)."""
+    obu = next((o for kind, o in av1_obus(temporal_unit) if kind == AV1_SEQUENCE_HEADER), None)
+    if obu is None:
+        return None
+    try:
+        _size, body = leb128(obu, 2 if obu[0] & 0x04 else 1)
+        bits = _Bits(obu[body:])
+        bits.u(3)  # seq_profile
+        bits.u(1)  # still_picture
+        if bits.u(1):  # reduced_still_picture_header
+            bits.u(5)
+        else:
+            decoder_model = False
+            buffer_delay_bits = 0
+            if bits.u(1):  # timing_info_present_flag
+                bits.u(32)
+                bits.u(32)
+                if bits.u(1):  # equal_picture_interval
+                    bits.ue()
+                decoder_model = bool(bits.u(1))
+                if decoder_model:
+                    buffer_delay_bits = bits.u(5) + 1
+                    bits.u(32)
+                    bits.u(10)
+            display_delay = bits.u(1)
+            for _ in range(bits.u(5) + 1):  # operating points
+                bits.u(12)
+                if bits.u(5) > 7:  # seq_level_idx
+                    bits.u(1)
+                if decoder_model and bits.u(1):
+                    bits.u(2 * buffer_delay_bits + 1)
+                if display_delay and bits.u(1):
+                    bits.u(4)
+        width_bits, height_bits = bits.u(4) + 1, bits.u(4) + 1
+        return bits.u(width_bits) + 1, bits.u(height_bits) + 1
+    except ValueError:
+        return None

@@ -6,11 +6,11 @@ import asyncio
 import time
 
 from relay.media.assembler import EncodedFrame, Unwrapper, VideoAssembler
+from relay.media.bitstream import av1_size, av1_temporal_unit
 from relay.media.keyframes import KeyframeRequester
 
 from ..conftest import poll_until
-from .rtp import Pkt
-from .vp9 import encode_vp9, rtp_packets
+from .samples import Pkt, av1_stream, encode_av1, encode_vp9, vp9_stream
 
 
 def vp8_frame(seq: int, ts: int, parts: int, key: bool) -> list[Pkt]:
@@ -156,7 +156,7 @@ async def test_a_request_that_cannot_be_sent_stays_pending_without_spacing() -> 
 
 def test_vp9_pictures_lose_their_descriptors_and_a_mid_stream_join_starts_at_a_picture() -> None:
     frames = encode_vp9(160, 120, 4)
-    packets = rtp_packets(frames, (160, 120))
+    packets = vp9_stream(frames, (160, 120))
     out: list[EncodedFrame] = []
     assembler = VideoAssembler("VP9", out.append, lambda: None)
     second = next(i for i, p in enumerate(packets) if p.timestamp == 3000)
@@ -176,3 +176,20 @@ def test_vp9_without_layer_indices_ends_a_picture_on_its_e_bit() -> None:
     for seq, payload in enumerate([b"\x08ab", b"\x00cd", b"\x04ef"]):  # B, -, E; no marker bit
         assembler.add(Pkt(seq, 0, 0, payload, payload))
     assert [f.data for f in out] == [b"abcdef"]
+
+
+def test_av1_temporal_units_are_rebuilt_and_a_mid_stream_join_starts_at_a_known_boundary() -> None:
+    frames = encode_av1(160, 120, 3)
+    packets = av1_stream(frames)
+    out: list[EncodedFrame] = []
+    assembler = VideoAssembler("AV1", out.append, lambda: None)
+    for packet in packets[1:]:  # joined after the first packet: the next unit starts after a marker
+        assembler.add(packet)
+    assert [(f.timestamp - out[0].timestamp, f.keyframe) for f in out] == [(0, False), (3000, False)]
+    out.clear()
+    assembler = VideoAssembler("AV1", out.append, lambda: None)
+    for packet in packets:
+        assembler.add(packet)
+    assert [f.data for f in out] == [av1_temporal_unit([p.payload for p in packets if p.timestamp == f.timestamp
+                                                        - out[0].timestamp]) for f in out]
+    assert [f.keyframe for f in out] == [True, False, False] and av1_size(out[0].data) == (160, 120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
@@ -20,7 +21,7 @@ from relay.media.aiortc_patch import SendPath
 from relay.media.forwarder import URI_ABS_SEND_TIME, URI_MID, Forwarder, Output, State
 from relay.media.meter import RateMeter
 
-from .vp9 import encode_vp9, packetize
+from .samples import encode_av1, encode_vp9, packetize_av1, packetize_vp9
 
 VP8_KEY = bytes([0x10, 0x00]) + bytes(100)  # S=1, PID 0; VP8 header P bit clear
 VP8_DELTA_START = bytes([0x10, 0x01]) + bytes(100)  # P bit set
@@ -201,13 +202,24 @@ async def test_viewers_waiting_for_an_unanswered_keyframe_start_from_the_cache()
     assert [p.payload for p in viewer.packets()] == [VP8_KEY, VP8_DELTA_START]
 
 
-async def test_a_vp9_viewer_waits_for_the_first_packet_of_a_vp9_keyframe() -> None:
+def vp9_packets() -> tuple[list[bytes], list[bytes]]:
     key, delta = encode_vp9(160, 120, 2)
-    key_packets = packetize(key, 1, keyframe=True, size=(160, 120), mtu=400)
-    delta_packets = packetize(delta, 2, keyframe=False, mtu=400)
+    return (packetize_vp9(key, 1, keyframe=True, size=(160, 120), mtu=400),
+            packetize_vp9(delta, 2, keyframe=False, mtu=400))
+
+
+def av1_packets() -> tuple[list[bytes], list[bytes]]:
+    key, delta = encode_av1(160, 120, 2)
+    return packetize_av1(key, keyframe=True, mtu=400), packetize_av1(delta, keyframe=False, mtu=400)
+
+
+@pytest.mark.parametrize("codec,packets", [("VP9", vp9_packets), ("AV1", av1_packets)])
+async def test_a_viewer_waits_for_the_first_packet_of_a_keyframe(
+        codec: str, packets: Callable[[], tuple[list[bytes], list[bytes]]]) -> None:
+    key_packets, delta_packets = packets()
     rec = Recorder()
     fw = rec.forwarder()
-    fw.attach("VP9")
+    fw.attach(codec)
     viewer = Viewer({URI_MID: 1})
     out = join(fw, viewer)
     for seq, payload in enumerate(key_packets[1:] + delta_packets):  # joined after the keyframe began
