@@ -17,16 +17,19 @@ from aiortc.sdp import SessionDescription, parse_h264_profile_level_id
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 
-CODEC_MIME = {"VP8": "video/VP8", "VP9": "video/VP9", "H264": "video/H264", "opus": "audio/opus"}
-# The same codecs as FFmpeg (and so PyAV) names them.
-FFMPEG_CODECS = {"vp8": "VP8", "vp9": "VP9", "h264": "H264", "opus": "opus"}
+CODEC_MIME = {"VP8": "video/VP8", "VP9": "video/VP9", "AV1": "video/AV1", "H264": "video/H264", "opus": "audio/opus"}
+# The same codecs as FFmpeg (and so PyAV) names them (AV1 is read with libdav1d).
+FFMPEG_CODECS = {"vp8": "VP8", "vp9": "VP9", "av1": "AV1", "libdav1d": "AV1", "h264": "H264", "opus": "opus"}
 # Codecs Relay forwards and records but aiortc cannot encode, decode or packetize:
 # Relay's own aiortc clients neither offer nor send them.
-FORWARD_ONLY = {"video/vp9"}
+FORWARD_ONLY = {"video/vp9", "video/av1"}
+# The fmtp parameter that names the profile of a forward-only codec; Relay takes profile 0 (8-bit 4:2:0).
+PROFILE_PARAMETERS = {"video/vp9": "profile-id", "video/av1": "profile"}
 CLOCK_RATES = {"audio": 48000, "video": 90000}  # RTP clock of each kind (RFC 7741, 9628, 6184, 7587)
 CODEC_HINT = {
     "video/vp8": "VP8",
     "video/vp9": "VP9 (profile-id=0)",
+    "video/av1": "AV1 (profile=0)",
     "video/h264": "H.264 (any profile) with packetization-mode=1",
     "audio/opus": "Opus",
 }
@@ -360,8 +363,8 @@ def offered_names(media: Media) -> str:
         if name.lower() == "h264":
             name += f" ({c.parameters.get('profile-level-id', '?')}, " \
                     f"packetization-mode={c.parameters.get('packetization-mode', 0)})"
-        elif name.lower() == "vp9":
-            name += f" (profile-id={c.parameters.get('profile-id', 0)})"
+        elif (profile := PROFILE_PARAMETERS.get(c.mimeType.lower())) is not None:
+            name += f" ({profile}={c.parameters.get(profile, 0)})"
         if name not in names:
             names.append(name)
     return ", ".join(names) or "none"

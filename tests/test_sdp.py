@@ -130,12 +130,14 @@ def chromium_offer(first: list[str]) -> str:
     ([], "video/VP8"),  # Chromium's own order: VP9 is listed after VP8 and H.264
     (["98"], "video/VP9"),
     (["100", "98"], "video/VP9"),  # profile 2 listed first: the profile-0 entry is taken
+    (["45"], "video/AV1"),
 ])
-def test_vp9_is_taken_when_the_publisher_lists_it_first(first: list[str], expected: str) -> None:
+def test_vp9_and_av1_are_taken_when_the_publisher_lists_them_first(first: list[str], expected: str) -> None:
     media = next(m for m in parse_offer(chromium_offer(first)).media if m.kind == "video")
-    assert choose_codec(media, ["VP8", "H264", "VP9"]) == expected
+    assert choose_codec(media, ["VP8", "H264", "VP9", "AV1"]) == expected
     codec = negotiated(media, "video/VP9")
     assert codec is not None and codec.payloadType == 98 and str(codec.parameters["profile-id"]) == "0"
+    assert accepts(media, "video/AV1")
 
 
 def test_vp9_of_profile_2_only_is_not_taken() -> None:
@@ -150,9 +152,10 @@ def test_vp9_of_profile_2_only_is_not_taken() -> None:
 async def test_aiortc_clients_never_offer_what_aiortc_cannot_send_or_decode() -> None:
     assert all(c.mimeType.lower() not in FORWARD_ONLY for c in client_capabilities("video"))
     assert any(c.mimeType.lower() == "video/vp9" for c in capabilities("video/VP9"))
+    assert any(c.mimeType.lower() == "video/av1" for c in capabilities("video/AV1"))
     media = parse_offer(await offer_with([c.mimeType.lower() for c in client_capabilities("video")
                                           if not c.mimeType.lower().endswith("/rtx")])).media[0]
-    assert not accepts(media, "video/VP9")
+    assert not accepts(media, "video/VP9") and not accepts(media, "video/AV1")
 
 
 async def test_a_viewer_without_vp9_gets_a_422_naming_it() -> None:

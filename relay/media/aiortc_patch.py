@@ -49,7 +49,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
-from relay.sdp import RID_EXTENSIONS
+from relay.sdp import PROFILE_PARAMETERS, RID_EXTENSIONS
 
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
@@ -110,8 +110,9 @@ def _check() -> None:
     if not isinstance(getattr(aiortc.codecs, "CODECS", None), dict) or not isinstance(
             getattr(aiortc.codecs, "HEADER_EXTENSIONS", None), dict):
         problems.append("aiortc.codecs.CODECS / HEADER_EXTENSIONS are gone")
-    if "is_codec_compatible" not in aiortc.rtcpeerconnection.find_common_codecs.__code__.co_names:
-        problems.append("find_common_codecs no longer uses is_codec_compatible")
+    for name in ("is_codec_compatible", "DYNAMIC_PAYLOAD_TYPES"):
+        if name not in aiortc.rtcpeerconnection.find_common_codecs.__code__.co_names:
+            problems.append(f"find_common_codecs no longer uses {name}")
     if "rtp_stream_id" not in aiortc.rtp.HeaderExtensions.__dataclass_fields__:
         problems.append("aiortc.rtp.HeaderExtensions has no rtp_stream_id")
     if not hasattr(RTCRtpReceiver, "_send_rtcp_pli"):
@@ -404,15 +405,14 @@ def use_fast_ntp_clock() -> None:
 # packetization mode (never by level), so a publisher that signals High
 # (OBS with x264 often does) finds no common codec. Forwarding never decodes and
 # browsers decode every profile, so Relay registers one entry per profile.
-# VP9 (profile 0, what browsers send by default) is registered too, to be
-# forwarded only: the tap never queues a frame for the decoder thread (the
+# VP9 and AV1 (profile 0, what browsers send by default) are registered too, to
+# be forwarded only: the tap never queues a frame for the decoder thread (the
 # only caller of get_decoder) and a viewer's parked track never reaches
-# get_encoder, so aiortc never looks for a VP9 codec it does not have.
+# get_encoder, so aiortc never looks for a VP9 or AV1 codec it does not have.
 # aiortc parses the header extensions that name simulcast layers (RFC 8852)
 # only when they are registered too.
 
 _EXTRA_H264_PROFILES = ("4d001f", "640c1f", "64001f")  # Main, Constrained High, High
-_VP9_PROFILE = "0"
 
 
 def _register_native_codecs() -> None:
@@ -423,8 +423,9 @@ def _register_native_codecs() -> None:
     extra: list[tuple[str, dict[str, int | str | None]]] = [
         ("video/H264", {"level-asymmetry-allowed": "1", "packetization-mode": "1", "profile-level-id": p})
         for p in _EXTRA_H264_PROFILES if p not in have]
-    if all(c.mimeType.lower() != "video/vp9" for c in video):
-        extra.append(("video/VP9", {"profile-id": _VP9_PROFILE}))
+    for mime in ("video/VP9", "video/AV1"):
+        if all(c.mimeType.lower() != mime.lower() for c in video):
+            extra.append((mime, {PROFILE_PARAMETERS[mime.lower()]: "0"}))
     for mime, parameters in extra:
         video.append(RTCRtpCodecParameters(mimeType=mime, clockRate=90000, payloadType=payload_type,
                                            rtcpFeedback=list(h264[0].rtcpFeedback), parameters=parameters))
@@ -444,20 +445,25 @@ _register_native_codecs()
 _is_codec_compatible = aiortc.rtcpeerconnection.is_codec_compatible
 
 
-def _vp9_profile_compatible(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
-    """aiortc's codec match, and for VP9 the same profile-id (absent means 0, RFC 9628 §6.1).
+def _same_profile_compatible(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+    """aiortc's codec match, and for VP9 and AV1 the same profile (absent means 0: RFC 9628 §6.1, AV1 RTP §7.2).
 
-    aiortc compares VP9 on name and clock only, so it would answer a profile-2
-    (10-bit) entry listed first with the profile it registered.
+    aiortc compares them on name and clock only, so it would answer a profile-2
+    (10-bit) VP9 entry listed first with the profile it registered.
     """
     if not _is_codec_compatible(a, b):
         return False
-    if a.mimeType.lower() != "video/vp9":
-        return True
-    return str(a.parameters.get("profile-id", 0)) == str(b.parameters.get("profile-id", 0))
+    name = PROFILE_PARAMETERS.get(a.mimeType.lower())
+    return name is None or str(a.parameters.get(name, 0)) == str(b.parameters.get(name, 0))
 
 
-aiortc.rtcpeerconnection.is_codec_compatible = _vp9_profile_compatible
+aiortc.rtcpeerconnection.is_codec_compatible = _same_profile_compatible
+
+# aiortc answers with the offer's payload type only in 96-127 and otherwise with its own entry's.
+# libwebrtc also numbers codecs in 35-63 (Chromium offers AV1 as 45): aiortc's own number could
+# then be one another m= section of the BUNDLE already uses (AV1's 111 is Chromium's Opus), and
+# Chromium cannot tell which codec a packet is.
+aiortc.rtp.DYNAMIC_PAYLOAD_TYPES = frozenset(range(35, 64)) | frozenset(range(96, 128))  # type: ignore[assignment]
 
 
 def answer_h264_as_offered(pc: RTCPeerConnection, offered: dict[str, list[RTCRtpCodecParameters]]) -> None:
