@@ -1,7 +1,7 @@
 /**
  * Publisher page (/publish/NAME): camera or screen → WHIP POST /whip/NAME.
  * The chat (see chat.js) rides the WHIP session's data channel "chat": the publisher may clear it.
- * `?codec=VP8|H264|VP9` preselects the video codec.
+ * `?codec=VP8|H264|VP9|AV1` preselects the video codec.
  * Test hook: window.relayPublish = { state, pc, session, stream, chat }
  *   state: "idle" | "starting" | "connecting" | "live" | "failed" | "stopped"
  */
@@ -200,7 +200,7 @@ function init() {
       option.textContent += " (not supported by this browser)";
     }
   }
-  const wanted = new URLSearchParams(location.search).get("codec")?.toUpperCase();  // ?codec=VP9 preselects it
+  const wanted = new URLSearchParams(location.search).get("codec")?.toUpperCase();  // ?codec=AV1 preselects it
   const preset = [...ui.codec.options].find((o) => o.value === wanted && !o.disabled);
   if (preset) ui.codec.value = preset.value;
   ui.form.addEventListener("change", () => { ui.deviceFields.hidden = source() === "screen"; });
