@@ -66,7 +66,7 @@ class IceConfig:
 
 @dataclass
 class CodecConfig:
-    video: list[str] = field(default_factory=lambda: ["VP8", "H264"])
+    video: list[str] = field(default_factory=lambda: ["VP8", "H264", "VP9", "AV1"])
     audio: list[str] = field(default_factory=lambda: ["opus"])
 
 
@@ -197,7 +197,7 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
 
-VIDEO_CODECS = {"VP8", "H264"}
+VIDEO_CODECS = {"VP8", "VP9", "AV1", "H264"}
 AUDIO_CODECS = {"opus"}
 
 

@@ -7,6 +7,7 @@ nothing and the client learns exactly what to change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc.rtcpeerconnection import find_common_codecs
@@ -16,12 +17,19 @@ from aiortc.sdp import SessionDescription, parse_h264_profile_level_id
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 
-CODEC_MIME = {"VP8": "video/VP8", "H264": "video/H264", "opus": "audio/opus"}
-# The same codecs as FFmpeg (and so PyAV) names them.
-FFMPEG_CODECS = {"vp8": "VP8", "h264": "H264", "opus": "opus"}
-CLOCK_RATES = {"audio": 48000, "video": 90000}  # RTP clock of each kind (RFC 7741, 6184, 7587)
+CODEC_MIME = {"VP8": "video/VP8", "VP9": "video/VP9", "AV1": "video/AV1", "H264": "video/H264", "opus": "audio/opus"}
+# The same codecs as FFmpeg (and so PyAV) names them (AV1 is read with libdav1d).
+FFMPEG_CODECS = {"vp8": "VP8", "vp9": "VP9", "av1": "AV1", "libdav1d": "AV1", "h264": "H264", "opus": "opus"}
+# Codecs Relay forwards and records but aiortc cannot encode, decode or packetize:
+# Relay's own aiortc clients neither offer nor send them.
+FORWARD_ONLY = {"video/vp9", "video/av1"}
+# The fmtp parameter that names the profile of a forward-only codec; Relay takes profile 0 (8-bit 4:2:0).
+PROFILE_PARAMETERS = {"video/vp9": "profile-id", "video/av1": "profile"}
+CLOCK_RATES = {"audio": 48000, "video": 90000}  # RTP clock of each kind (RFC 7741, 9628, 6184, 7587)
 CODEC_HINT = {
     "video/vp8": "VP8",
+    "video/vp9": "VP9 (profile-id=0)",
+    "video/av1": "AV1 (profile=0)",
     "video/h264": "H.264 (any profile) with packetization-mode=1",
     "audio/opus": "Opus",
 }
@@ -220,7 +228,8 @@ def parse_offer(text: str) -> Offer:
         keep.append(i)
         rid, simulcast_answer = _simulcast_layer(section)
         extmaps = [line for line in section if line.startswith("a=extmap:") and line.split()[-1] in RID_EXTENSIONS]
-        media.append(Media(m.kind, m.direction, list(m.rtp.codecs), m.rtp.muxId, rid, simulcast_answer, extmaps,
+        media.append(Media(m.kind, m.direction, _preference_order(m.rtp.codecs, m.fmt), m.rtp.muxId, rid,
+                           simulcast_answer, extmaps,
                            passive=bool(m.dtls and m.dtls.role == "server")))
     if not media:
         raise SdpError("the SDP offer has no audio or video m= section")
@@ -238,6 +247,12 @@ def parse_offer(text: str) -> Offer:
                            "the certificate's fingerprint (RFC 8122)")
     _check_bundle(description, {description.media[i].rtp.muxId for i in keep})
     return Offer(_for_aiortc(session, sections, keep), media, rejected, data)
+
+
+def _preference_order(codecs: list[RTCRtpCodecParameters], formats: list[Any]) -> list[RTCRtpCodecParameters]:
+    """The codecs in the m= line's order, the offerer's preference (RFC 8866 §5.14); aiortc keeps a=rtpmap order."""
+    rank = {str(f): i for i, f in enumerate(formats)}
+    return sorted(codecs, key=lambda c: rank.get(str(c.payloadType), len(rank)))
 
 
 def _check_bundle(description: SessionDescription, answered: set[str]) -> None:
@@ -268,6 +283,13 @@ def capabilities(mime: str, profile: str | None = None) -> list[RTCRtpCodecCapab
             c.mimeType.lower() == mime.lower()
             and (profile is None or same_h264_profile(str(c.parameters.get("profile-level-id")), profile)))
     ]
+
+
+def client_capabilities(kind: str) -> list[RTCRtpCodecCapability]:
+    """aiortc's capabilities for `kind` without the forward-only codecs: what an aiortc client can send and decode."""
+    found = RTCRtpReceiver.getCapabilities(kind)
+    assert found is not None
+    return [c for c in found.codecs if c.mimeType.lower() not in FORWARD_ONLY]
 
 
 def same_h264_profile(a: str, b: str) -> bool:
@@ -341,6 +363,8 @@ def offered_names(media: Media) -> str:
         if name.lower() == "h264":
             name += f" ({c.parameters.get('profile-level-id', '?')}, " \
                     f"packetization-mode={c.parameters.get('packetization-mode', 0)})"
+        elif (profile := PROFILE_PARAMETERS.get(c.mimeType.lower())) is not None:
+            name += f" ({profile}={c.parameters.get(profile, 0)})"
         if name not in names:
             names.append(name)
     return ", ".join(names) or "none"

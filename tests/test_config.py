@@ -28,7 +28,7 @@ def test_repo_config_documents_exactly_the_defaults() -> None:
     ({"server": {"port": "x"}}, "server.port"),
     ({"server": {"port": 70000}}, "server.port"),
     ({"ice": {"servers": [{"urls": ["http://x"]}]}}, "ice.servers[0].urls"),
-    ({"codecs": {"video": ["AV1"]}}, "codecs.video[0]"),
+    ({"codecs": {"video": ["H265"]}}, "codecs.video[0]"),
     ({"forwarding": []}, "forwarding"),
 ])
 def test_bad_values_name_the_key(data: dict, key: str) -> None:

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 
-from relay.sdp import SdpError, accepts, choose_codec, h264_profile, parse_fragment, parse_offer
+import relay.media.aiortc_patch  # noqa: F401  (registers VP9 and the other codecs Relay forwards)
+from relay.sdp import (
+    FORWARD_ONLY,
+    SdpError,
+    accepts,
+    capabilities,
+    choose_codec,
+    client_capabilities,
+    h264_profile,
+    negotiated,
+    offered_names,
+    parse_fragment,
+    parse_offer,
+)
+from relay.server.problems import Problem
+from relay.server.whep import check_codecs
 
 
 async def offer_with(video_mimes: list[str]) -> str:
@@ -92,3 +108,61 @@ def test_the_full_simulcast_layer_is_chosen(rids: list[str], simulcast: str, cho
     assert video.rid == chosen
     assert video.simulcast_answer[-1] == f"a=simulcast:recv {simulcast}"
     assert "a=simulcast" not in offer.sdp and "a=rid" not in offer.sdp  # aiortc never sees them
+
+
+CHROMIUM_OFFER = Path(__file__).parent / "offers" / "chromium-156-publish.sdp"
+
+
+def chromium_offer(first: list[str]) -> str:
+    """Chromium's publish offer (VP8, H.264..., AV1, VP9 profile 0, then 2), the payload types `first` listed first.
+
+    Only the m= line changes, as the a=rtpmap lines need not follow it.
+    """
+    sdp = CHROMIUM_OFFER.read_bytes().decode()
+    line = re.search(r"^m=video .*$", sdp, flags=re.M)
+    assert line is not None
+    head, formats = line.group(0).split()[:3], line.group(0).split()[3:]
+    formats = first + [f for f in formats if f not in first]
+    return sdp.replace(line.group(0), " ".join(head + formats))
+
+
+@pytest.mark.parametrize("first,expected", [
+    ([], "video/VP8"),  # Chromium's own order: VP9 is listed after VP8 and H.264
+    (["98"], "video/VP9"),
+    (["100", "98"], "video/VP9"),  # profile 2 listed first: the profile-0 entry is taken
+    (["45"], "video/AV1"),
+])
+def test_vp9_and_av1_are_taken_when_the_publisher_lists_them_first(first: list[str], expected: str) -> None:
+    media = next(m for m in parse_offer(chromium_offer(first)).media if m.kind == "video")
+    assert choose_codec(media, ["VP8", "H264", "VP9", "AV1"]) == expected
+    codec = negotiated(media, "video/VP9")
+    assert codec is not None and codec.payloadType == 98 and str(codec.parameters["profile-id"]) == "0"
+    assert accepts(media, "video/AV1")
+
+
+def test_vp9_of_profile_2_only_is_not_taken() -> None:
+    sdp = chromium_offer(["100"])
+    sdp = re.sub(r"^a=(rtpmap|fmtp|rtcp-fb):98 .*\r\n", "", sdp, flags=re.M).replace(" 98 ", " ", 1)
+    media = next(m for m in parse_offer(sdp).media if m.kind == "video")
+    assert not accepts(media, "video/VP9")
+    assert choose_codec(media, ["VP9"]) is None
+    assert "VP9 (profile-id=2)" in offered_names(media)
+
+
+async def test_aiortc_clients_never_offer_what_aiortc_cannot_send_or_decode() -> None:
+    assert all(c.mimeType.lower() not in FORWARD_ONLY for c in client_capabilities("video"))
+    assert any(c.mimeType.lower() == "video/vp9" for c in capabilities("video/VP9"))
+    assert any(c.mimeType.lower() == "video/av1" for c in capabilities("video/AV1"))
+    media = parse_offer(await offer_with([c.mimeType.lower() for c in client_capabilities("video")
+                                          if not c.mimeType.lower().endswith("/rtx")])).media[0]
+    assert not accepts(media, "video/VP9") and not accepts(media, "video/AV1")
+
+
+async def test_a_viewer_without_vp9_gets_a_422_naming_it() -> None:
+    stream = SimpleNamespace(name="cam", tracks={"video": SimpleNamespace(codec="VP9", profile=None)})
+    viewer = parse_offer(await offer_with(["video/vp8"]))
+    with pytest.raises(Problem) as raised:
+        check_codecs(viewer, stream)  # type: ignore[arg-type]
+    assert raised.value.status_code == 422
+    assert "carries video as VP9 (profile-id=0)" in raised.value.text and "the offer has VP8" in raised.value.text
+    check_codecs(parse_offer(await offer_with(["video/vp9"])), stream)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 /**
  * Publisher page (/publish/NAME): camera or screen → WHIP POST /whip/NAME.
  * The chat (see chat.js) rides the WHIP session's data channel "chat": the publisher may clear it.
+ * `?codec=VP8|H264|VP9|AV1` preselects the video codec.
  * Test hook: window.relayPublish = { state, pc, session, stream, chat }
  *   state: "idle" | "starting" | "connecting" | "live" | "failed" | "stopped"
  */
@@ -192,11 +193,16 @@ function init() {
   watchLink.href = `watch/${encodeURIComponent(name)}`;
   watchLink.textContent = new URL(watchLink.href, location.href).href;
   ui.token.value = new URLSearchParams(location.search).get("token") || sessionStorage.getItem("relay.token") || "";
-  if (!RTCRtpSender.getCapabilities?.("video")?.codecs.some((c) => /h264/i.test(c.mimeType))) {
-    const h264 = ui.codec.querySelector('option[value="H264"]');
-    h264.disabled = true;
-    h264.textContent = "H.264 (not supported by this browser)";
+  const sendable = RTCRtpSender.getCapabilities?.("video")?.codecs || [];
+  for (const option of ui.codec.options) {
+    if (!sendable.some((c) => c.mimeType.toLowerCase() === `video/${option.value}`.toLowerCase())) {
+      option.disabled = true;
+      option.textContent += " (not supported by this browser)";
+    }
   }
+  const wanted = new URLSearchParams(location.search).get("codec")?.toUpperCase();  // ?codec=AV1 preselects it
+  const preset = [...ui.codec.options].find((o) => o.value === wanted && !o.disabled);
+  if (preset) ui.codec.value = preset.value;
   ui.form.addEventListener("change", () => { ui.deviceFields.hidden = source() === "screen"; });
   ui.form.addEventListener("submit", (ev) => { ev.preventDefault(); start(); });
   ui.stop.addEventListener("click", () => stop());

@@ -357,7 +357,7 @@ export class WhipSession extends RelaySession {
   /**
    * Add the stream's tracks as "sendonly" transceivers and publish.
    * @param {MediaStream} stream
-   * @param {{videoCodec?: "VP8"|"H264"}} [options] codec to put first in the offer
+   * @param {{videoCodec?: "VP8"|"H264"|"VP9"|"AV1"}} [options] codec to put first in the offer
    * @throws {RelayError}
    */
   async publish(stream, { videoCodec } = {}) {
@@ -371,9 +371,10 @@ export class WhipSession extends RelaySession {
 
 /**
  * Reorder the video codecs of a transceiver so `codec` comes first.
- * For H.264, constrained baseline (profile-level-id=42e01f) with packetization-mode=1 comes first.
+ * For H.264, constrained baseline (profile-level-id=42e01f) with packetization-mode=1 comes first;
+ * for VP9 and AV1, profile 0 (the one Relay takes; VP9 profile 2 is 10-bit).
  * @param {RTCRtpTransceiver} transceiver
- * @param {"VP8"|"H264"} codec
+ * @param {"VP8"|"H264"|"VP9"|"AV1"} codec
  * @returns {boolean} false when the browser cannot send that codec
  */
 export function preferVideoCodec(transceiver, codec) {
@@ -383,6 +384,7 @@ export function preferVideoCodec(transceiver, codec) {
   const rank = (c) => {
     if (c.mimeType.toLowerCase() !== mime) return 3;
     const fmtp = c.sdpFmtpLine || "";
+    if (codec === "VP9" || codec === "AV1") return /(^|;)\s*profile(-id)?=[1-9]/.test(fmtp) ? 1 : 0;
     if (codec !== "H264") return 0;
     if (!/packetization-mode=1/.test(fmtp)) return 2;
     return /profile-level-id=42e01f/i.test(fmtp) ? 0 : 1;

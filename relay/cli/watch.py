@@ -40,7 +40,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("url", help="WHEP endpoint, e.g. http://127.0.0.1:8080/whep/cam")
     p.add_argument("--record", metavar="FILE", type=Path,
-                   help="write what arrives, without re-encoding: .webm for VP8 or audio only, .mp4 for H.264")
+                   help="write what arrives, without re-encoding: .webm for VP8, VP9, AV1 or audio only, "
+                        ".mp4 for H.264")
     p.add_argument("--duration", type=positive, metavar="S", help="stop after S seconds of media")
     p.add_argument("--video-only", action="store_true", help="do not ask for audio")
     p.add_argument("--wait", action="store_true",
@@ -162,7 +163,7 @@ def _status(elapsed: float, figures: Figures, fps: float, kbps: float, latency: 
 
 async def watch(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if args.record is not None and args.record.suffix.lower() not in (".webm", ".mp4"):
-        raise UsageError(f"record to a .webm (VP8, audio only) or .mp4 (H.264) file, not {args.record.name}")
+        raise UsageError(f"record to a .webm (VP8, VP9, AV1, audio only) or .mp4 (H.264) file, not {args.record.name}")
     if args.record is not None and not args.record.parent.is_dir():
         raise UsageError(f"{args.record.parent} is not a directory")
     kinds = ("video",) if args.video_only else ("video", "audio")

@@ -23,7 +23,7 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from relay.sdp import CLOCK_RATES, FFMPEG_CODECS
+from relay.sdp import CLOCK_RATES, FFMPEG_CODECS, FORWARD_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def inspect(path: str) -> MediaInfo:
         for kind, stream in streams.items():
             name = stream.codec_context.name
             codecs[kind] = name
-            if name in FFMPEG_CODECS and (name != "h264" or stream.codec_context.profile in H264_PROFILES):
+            sendable = name in FFMPEG_CODECS and f"{kind}/{FFMPEG_CODECS[name]}".lower() not in FORWARD_ONLY
+            if sendable and (name != "h264" or stream.codec_context.profile in H264_PROFILES):
                 as_is[kind] = FFMPEG_CODECS[name]
         return MediaInfo(codecs, as_is)
 

@@ -14,7 +14,7 @@ from relay.client.encoded import EncodedTrack
 from relay.client.session import Client, ClientError, Reply, SessionError, first_codec, negotiated_codecs
 from relay.media import aiortc_patch
 from relay.media.peer import transceiver_of, until_media_ends
-from relay.sdp import SDP
+from relay.sdp import SDP, client_capabilities
 
 
 class WhepClient(Client):
@@ -57,7 +57,9 @@ class WhepClient(Client):
     def _prepare(self) -> None:
         assert self.pc is not None
         for kind in self._kinds:
-            self.pc.addTransceiver(kind, direction="recvonly")
+            transceiver = self.pc.addTransceiver(kind, direction="recvonly")
+            if not self._encoded and self._on_receiver is None:  # aiortc decodes: only what it can
+                transceiver.setCodecPreferences(client_capabilities(kind))
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:

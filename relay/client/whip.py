@@ -10,12 +10,12 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 
 from relay.client.session import Client
 from relay.media import aiortc_patch
-from relay.sdp import capabilities
+from relay.sdp import FORWARD_ONLY, capabilities, client_capabilities
 
 
 def _mime(kind: str, codec: str) -> str:
     mime = f"{kind}/{codec}"
-    if not any(c.mimeType.lower() == mime.lower() for c in capabilities(mime)):
+    if mime.lower() in FORWARD_ONLY or not any(c.mimeType.lower() == mime.lower() for c in capabilities(mime)):
         raise ValueError(f"aiortc cannot send {kind} as {codec}")
     return mime
 
@@ -76,6 +76,8 @@ class WhipClient(Client):
                 transceiver.setCodecPreferences(capabilities(mime))
                 if track.kind in self._packets:  # pinned: __init__ refuses packets of an unnamed codec
                     aiortc_patch.use_packer(transceiver.sender, mime)
+            else:
+                transceiver.setCodecPreferences(client_capabilities(track.kind))
             self.transceivers[track.kind] = transceiver
 
     async def _apply_answer(self, answer: str) -> None:

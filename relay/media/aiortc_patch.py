@@ -29,6 +29,7 @@ import aioice.turn
 import aiortc
 import aiortc.clock
 import aiortc.codecs
+import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
 import pylibsrtp
@@ -50,7 +51,7 @@ from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
-from relay.sdp import RID_EXTENSIONS
+from relay.sdp import PROFILE_PARAMETERS, RID_EXTENSIONS
 
 AIORTC_VERSION = "1.16.0"
 AIOICE_VERSION = "0.13.0"
@@ -112,6 +113,9 @@ def _check() -> None:
     if not isinstance(getattr(aiortc.codecs, "CODECS", None), dict) or not isinstance(
             getattr(aiortc.codecs, "HEADER_EXTENSIONS", None), dict):
         problems.append("aiortc.codecs.CODECS / HEADER_EXTENSIONS are gone")
+    for name in ("is_codec_compatible", "DYNAMIC_PAYLOAD_TYPES"):
+        if name not in aiortc.rtcpeerconnection.find_common_codecs.__code__.co_names:
+            problems.append(f"find_common_codecs no longer uses {name}")
     if "rtp_stream_id" not in aiortc.rtp.HeaderExtensions.__dataclass_fields__:
         problems.append("aiortc.rtp.HeaderExtensions has no rtp_stream_id")
     if not hasattr(RTCRtpReceiver, "_send_rtcp_pli"):
@@ -423,12 +427,16 @@ def use_fast_ntp_clock() -> None:
     aiortc.clock.current_ms = _current_ms
 
 
-# --- Offers as native stacks write them: H.264 of any profile, simulcast layers -----------------
+# --- Offers as native stacks write them: H.264 of any profile, VP9, simulcast layers ----------
 #
 # aiortc lists H.264 constrained baseline only and matches H.264 by profile and
 # packetization mode (never by level), so a publisher that signals High
 # (OBS with x264 often does) finds no common codec. Forwarding never decodes and
 # browsers decode every profile, so Relay registers one entry per profile.
+# VP9 and AV1 (profile 0, what browsers send by default) are registered too, to
+# be forwarded only: the tap never queues a frame for the decoder thread (the
+# only caller of get_decoder) and a viewer's parked track never reaches
+# get_encoder, so aiortc never looks for a VP9 or AV1 codec it does not have.
 # aiortc parses the header extensions that name simulcast layers (RFC 8852)
 # only when they are registered too.
 
@@ -440,14 +448,15 @@ def _register_native_codecs() -> None:
     h264 = [c for c in video if c.mimeType.lower() == "video/h264"]
     have = {str(c.parameters.get("profile-level-id")) for c in h264}
     payload_type = max(c.payloadType or 0 for c in video) + 1
-    for profile in _EXTRA_H264_PROFILES:
-        if profile in have:
-            continue
-        video.append(RTCRtpCodecParameters(
-            mimeType="video/H264", clockRate=90000, payloadType=payload_type,
-            rtcpFeedback=list(h264[0].rtcpFeedback),
-            parameters={"level-asymmetry-allowed": "1", "packetization-mode": "1", "profile-level-id": profile},
-        ))
+    extra: list[tuple[str, dict[str, int | str | None]]] = [
+        ("video/H264", {"level-asymmetry-allowed": "1", "packetization-mode": "1", "profile-level-id": p})
+        for p in _EXTRA_H264_PROFILES if p not in have]
+    for mime in ("video/VP9", "video/AV1"):
+        if all(c.mimeType.lower() != mime.lower() for c in video):
+            extra.append((mime, {PROFILE_PARAMETERS[mime.lower()]: "0"}))
+    for mime, parameters in extra:
+        video.append(RTCRtpCodecParameters(mimeType=mime, clockRate=90000, payloadType=payload_type,
+                                           rtcpFeedback=list(h264[0].rtcpFeedback), parameters=parameters))
         video.append(RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=payload_type + 1,
                                            parameters={"apt": payload_type}))
         payload_type += 2
@@ -460,6 +469,29 @@ def _register_native_codecs() -> None:
 
 
 _register_native_codecs()
+
+_is_codec_compatible = aiortc.rtcpeerconnection.is_codec_compatible
+
+
+def _same_profile_compatible(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+    """aiortc's codec match, and for VP9 and AV1 the same profile (absent means 0: RFC 9628 §6.1, AV1 RTP §7.2).
+
+    aiortc compares them on name and clock only, so it would answer a profile-2
+    (10-bit) VP9 entry listed first with the profile it registered.
+    """
+    if not _is_codec_compatible(a, b):
+        return False
+    name = PROFILE_PARAMETERS.get(a.mimeType.lower())
+    return name is None or str(a.parameters.get(name, 0)) == str(b.parameters.get(name, 0))
+
+
+aiortc.rtcpeerconnection.is_codec_compatible = _same_profile_compatible
+
+# aiortc answers with the offer's payload type only in 96-127 and otherwise with its own entry's.
+# libwebrtc also numbers codecs in 35-63 (Chromium offers AV1 as 45): aiortc's own number could
+# then be one another m= section of the BUNDLE already uses (AV1's 111 is Chromium's Opus), and
+# Chromium cannot tell which codec a packet is.
+aiortc.rtp.DYNAMIC_PAYLOAD_TYPES = frozenset(range(35, 64)) | frozenset(range(96, 128))  # type: ignore[assignment]
 
 
 def answer_h264_as_offered(pc: RTCPeerConnection, offered: dict[str, list[RTCRtpCodecParameters]]) -> None:

@@ -14,9 +14,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay.media.bitstream import H264_IDR, H264_SPS, h264_packet_nal_type, vp8_frame_start, vp8_keyframe
+from relay.media.bitstream import (
+    H264_IDR,
+    H264_SPS,
+    av1_keyframe,
+    av1_packet_keyframe,
+    av1_temporal_unit,
+    h264_packet_nal_type,
+    vp8_frame_start,
+    vp8_keyframe,
+    vp9_frame_end,
+    vp9_frame_start,
+    vp9_keyframe,
+    vp9_picture,
+)
 
 MAX_PENDING = 2048
+
+# Codecs whose payloads aiortc passes through as they are: how a frame is rebuilt from them, and
+# how a rebuilt frame shows a keyframe.
+_REBUILT: dict[str, tuple[Callable[[list[bytes]], bytes], Callable[[bytes], bool]]] = {
+    "vp9": (vp9_picture, vp9_keyframe),
+    "av1": (av1_temporal_unit, av1_keyframe),
+}
 
 
 class Packet(Protocol):
@@ -58,7 +78,12 @@ class Unwrapper:
 
 
 class VideoAssembler:
-    """Gap-free runs of packets, closed by a marker bit, become frames."""
+    """Gap-free runs of packets, closed by a marker bit, become frames.
+
+    VP9's payload descriptor and AV1's aggregation are undone here (aiortc
+    depayloads only VP8 and H.264); a VP9 picture of one spatial layer also
+    ends at its E bit.
+    """
 
     def __init__(
         self,
@@ -68,6 +93,9 @@ class VideoAssembler:
         hole_wait: float = 0.2,
     ) -> None:
         self._vp8 = codec.lower() == "vp8"
+        self._vp9 = codec.lower() == "vp9"
+        self._av1 = codec.lower() == "av1"
+        self._rebuild = _REBUILT.get(codec.lower())
         self._on_frame = on_frame
         self._on_loss = on_loss
         self._hole_wait = hole_wait
@@ -99,10 +127,14 @@ class VideoAssembler:
         packet, ts = self._pending[seq]
         if self._vp8:
             return vp8_frame_start(packet.payload)
+        if self._vp9:
+            return vp9_frame_start(packet.payload)
         before = self._pending.get(seq - 1)
         if before is None:
-            # H.264 marks no frame start; without the packet before, an SPS is
-            # one (a keyframe begins with it), so the stream can start on it.
+            # H.264 and AV1 mark no frame start; without the packet before, an SPS
+            # or AV1's N bit is one (a keyframe begins with it), so the stream can start on it.
+            if self._av1:
+                return av1_packet_keyframe(packet.payload)
             return h264_packet_nal_type(packet.payload) == H264_SPS
         return bool(before[0].marker) or before[1] != ts
 
@@ -124,7 +156,7 @@ class VideoAssembler:
                 if entry[1] != first_ts:
                     end -= 1  # the marker packet was missing but the next frame began
                     break
-                if entry[0].marker:
+                if entry[0].marker or (self._vp9 and vp9_frame_end(entry[0].payload)):
                     break
                 end += 1
             self._deliver(self._next, end, first_ts)
@@ -133,6 +165,11 @@ class VideoAssembler:
 
     def _deliver(self, first: int, last: int, ts: int) -> None:
         packets = [self._pending.pop(s)[0] for s in range(first, last + 1)]
+        if self._rebuild is not None:
+            join, is_keyframe = self._rebuild
+            data = join([p.payload for p in packets])
+            self._on_frame(EncodedFrame(data, ts, is_keyframe(data)))
+            return
         data = b"".join(p._data for p in packets)
         if self._vp8:
             keyframe = vp8_keyframe(data)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from relay.media.aiortc_patch import SendPath, srtp_buffer, srtp_context, srtp_length, srtp_protect
-from relay.media.bitstream import h264_packet_keyframe, vp8_packet_keyframe
+from relay.media.bitstream import av1_packet_keyframe, h264_packet_keyframe, vp8_packet_keyframe, vp9_packet_keyframe
 from relay.media.meter import RateMeter
 from relay.media.packet_cache import CachedPacket, PacketCache
 
@@ -236,7 +236,7 @@ class Forwarder:
         self.clock_rate = clock_rate
         self.codec: str | None = None
         self._video = kind == "video"
-        self._h264 = False
+        self._h264 = self._vp9 = self._av1 = False
         self._meter_out = meter_out
         self._request_keyframe = request_keyframe
         self._answers = answers_keyframe_requests
@@ -262,6 +262,8 @@ class Forwarder:
         """A publisher sends this kind as `codec`; its outputs wait for its first start point."""
         self.codec = codec
         self._h264 = codec.lower() == "h264"
+        self._vp9 = codec.lower() == "vp9"
+        self._av1 = codec.lower() == "av1"
 
     def detach(self) -> None:
         """The publisher is gone: outputs keep their numbering and wait for the next one's start."""
@@ -329,6 +331,10 @@ class Forwarder:
                 self._schedule(out, entry, entry.ts)
 
     def _keyframe_start(self, payload: bytes, ts: int) -> bool:
+        if self._vp9:
+            return vp9_packet_keyframe(payload)
+        if self._av1:
+            return av1_packet_keyframe(payload)
         if not self._h264:
             return vp8_packet_keyframe(payload)
         kind = h264_packet_keyframe(payload)

@@ -8,7 +8,7 @@ that would not advance its track is dropped, since muxers refuse it. The
 thread muxes, so a slow disk never stalls the loop, and the queue is bounded
 so a stuck disk cannot eat the memory: the caller decides what to drop.
 
-Containers (aiortc-forwarding.md §6): VP8 (or audio only) goes to WebM,
+Containers (aiortc-forwarding.md §6): VP8, VP9 and AV1 (or audio only) go to WebM,
 H.264 to fragmented MP4. Both are flushed about every second, so a file
 survives `kill -9` up to its last second.
 """
@@ -45,7 +45,7 @@ MUX_OPTIONS = {
 
 
 def container_format(video_codec: str | None) -> str:
-    """H.264 goes to fragmented MP4 (browsers play no H.264 in Matroska); VP8 and audio-only streams to WebM."""
+    """H.264 goes to fragmented MP4 (browsers play no H.264 in Matroska); VP8, VP9, AV1 and audio-only to WebM."""
     return "mp4" if video_codec == "H264" else "webm"
 
 

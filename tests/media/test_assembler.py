@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from relay.media.assembler import EncodedFrame, Unwrapper, VideoAssembler
+from relay.media.bitstream import av1_size, av1_temporal_unit
 from relay.media.keyframes import KeyframeRequester
 
 from ..conftest import poll_until
-
-
-@dataclass
-class Pkt:
-    sequence_number: int
-    timestamp: int
-    marker: int
-    payload: bytes
-    _data: bytes
+from .samples import Pkt, av1_stream, encode_av1, encode_vp9, vp9_stream
 
 
 def vp8_frame(seq: int, ts: int, parts: int, key: bool) -> list[Pkt]:
@@ -160,3 +152,44 @@ async def test_a_request_that_cannot_be_sent_stays_pending_without_spacing() -> 
         assert len(sent) == 1 and sent[0] - start < 0.1, "the unsent tries must not have started the spacing"
     finally:
         requester.close()
+
+
+def test_vp9_pictures_lose_their_descriptors_and_a_mid_stream_join_starts_at_a_picture() -> None:
+    frames = encode_vp9(160, 120, 4)
+    packets = vp9_stream(frames, (160, 120))
+    out: list[EncodedFrame] = []
+    assembler = VideoAssembler("VP9", out.append, lambda: None)
+    second = next(i for i, p in enumerate(packets) if p.timestamp == 3000)
+    for packet in packets[second - 1:]:  # joined on the keyframe's last packet
+        assembler.add(packet)
+    assert [f.data for f in out] == frames[1:] and not any(f.keyframe for f in out)
+    out.clear()
+    assembler = VideoAssembler("VP9", out.append, lambda: None)
+    for packet in packets:
+        assembler.add(packet)
+    assert [f.data for f in out] == frames and [f.keyframe for f in out] == [True, False, False, False]
+
+
+def test_vp9_without_layer_indices_ends_a_picture_on_its_e_bit() -> None:
+    out: list[EncodedFrame] = []
+    assembler = VideoAssembler("VP9", out.append, lambda: None)
+    for seq, payload in enumerate([b"\x08ab", b"\x00cd", b"\x04ef"]):  # B, -, E; no marker bit
+        assembler.add(Pkt(seq, 0, 0, payload, payload))
+    assert [f.data for f in out] == [b"abcdef"]
+
+
+def test_av1_temporal_units_are_rebuilt_and_a_mid_stream_join_starts_at_a_known_boundary() -> None:
+    frames = encode_av1(160, 120, 3)
+    packets = av1_stream(frames)
+    out: list[EncodedFrame] = []
+    assembler = VideoAssembler("AV1", out.append, lambda: None)
+    for packet in packets[1:]:  # joined after the first packet: the next unit starts after a marker
+        assembler.add(packet)
+    assert [(f.timestamp - out[0].timestamp, f.keyframe) for f in out] == [(0, False), (3000, False)]
+    out.clear()
+    assembler = VideoAssembler("AV1", out.append, lambda: None)
+    for packet in packets:
+        assembler.add(packet)
+    assert [f.data for f in out] == [av1_temporal_unit([p.payload for p in packets if p.timestamp == f.timestamp
+                                                        - out[0].timestamp]) for f in out]
+    assert [f.keyframe for f in out] == [True, False, False] and av1_size(out[0].data) == (160, 120)

@@ -1,16 +1,19 @@
-"""VP8 and H.264 headers as real encoders write them: keyframes, frame starts, sizes, SPS cropping."""
+"""VP8, VP9, AV1 and H.264 headers as real encoders write them: keyframes, frame starts, sizes, SPS cropping."""
 
 from __future__ import annotations
 
-from fractions import Fraction
-
-import av
-import numpy as np
 import pytest
 
 from relay.media.bitstream import (
+    AV1_SEQUENCE_HEADER,
+    AV1_TEMPORAL_DELIMITER,
     H264_IDR,
     H264_SPS,
+    av1_keyframe,
+    av1_obus,
+    av1_packet_keyframe,
+    av1_size,
+    av1_temporal_unit,
     h264_nal_units,
     h264_packet_keyframe,
     h264_packet_nal_type,
@@ -21,24 +24,16 @@ from relay.media.bitstream import (
     vp8_keyframe,
     vp8_packet_keyframe,
     vp8_size,
+    vp9_descriptor,
+    vp9_frame_end,
+    vp9_frame_start,
+    vp9_keyframe,
+    vp9_packet_keyframe,
+    vp9_picture,
+    vp9_size,
 )
 
-
-def encode(codec: str, width: int, height: int, frames: int = 3, **options: str) -> list[bytes]:
-    """Encode `frames` noise frames; the first is a keyframe, the rest are not."""
-    context = av.CodecContext.create(codec, "w")
-    context.width, context.height, context.pix_fmt = width, height, "yuv420p"
-    context.time_base = Fraction(1, 30)
-    context.options = {"g": "100", **options}
-    rng = np.random.default_rng(1)
-    out = []
-    for i in range(frames):
-        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
-        frame.pts = i
-        out += [bytes(p) for p in context.encode(frame)]
-    out += [bytes(p) for p in context.encode(None)]
-    return out
+from .samples import build_vp9_descriptor, encode, encode_av1, encode_vp9, packetize_av1, packetize_vp9
 
 
 @pytest.mark.parametrize("width,height", [(320, 240), (642, 362), (1280, 720)])
@@ -116,3 +111,81 @@ def test_h264_keyframes_are_found_in_single_nal_stap_a_and_fu_a() -> None:
     assert h264_packet_keyframe(b"\x7c\x85" + bytes(10)) == 1  # FU-A, S=1, IDR
     assert h264_packet_keyframe(b"\x7c\x05" + bytes(10)) == 0  # FU-A continuation
     assert h264_packet_keyframe(b"\x7c\x81" + bytes(10)) == 0  # FU-A start of a non-IDR slice
+
+
+@pytest.mark.parametrize("width,height", [(320, 240), (642, 362)])
+def test_vp9_keyframe_and_size_from_the_uncompressed_header(width: int, height: int) -> None:
+    key, *deltas = encode_vp9(width, height, 3)
+    assert vp9_keyframe(key) and vp9_size(key) == (width, height)
+    assert video_size("VP9", key) == (width, height)
+    assert deltas and not any(vp9_keyframe(d) for d in deltas)
+    assert all(vp9_size(d) is None for d in deltas)
+    assert vp9_size(key[:5]) is None and not vp9_keyframe(b"") and vp9_size(b"\x00" * 16) is None
+
+
+@pytest.mark.parametrize("flexible", [False, True])
+def test_vp9_keyframes_are_found_at_packet_level_behind_any_descriptor(flexible: bool) -> None:
+    key, delta = encode_vp9(320, 240, 2)
+    key_packets = packetize_vp9(key, 7, keyframe=True, size=(320, 240), flexible=flexible)
+    delta_packets = packetize_vp9(delta, 8, keyframe=False, flexible=flexible)
+    assert len(key_packets) > 2
+    assert vp9_packet_keyframe(key_packets[0])
+    assert not any(vp9_packet_keyframe(p) for p in key_packets[1:] + delta_packets)
+    # The descriptor's length is exactly what precedes the frame's bytes.
+    length, sid = vp9_descriptor(key_packets[0])
+    assert key_packets[0][length:] == key[:len(key_packets[0]) - length] and sid == 0
+    # P clear but no KEY_FRAME header (an intra-only frame, or garbage) is no keyframe.
+    assert not vp9_packet_keyframe(build_vp9_descriptor(8, keyframe=True, start=True, end=False) + delta[:40])
+    # An upper spatial layer of a key picture does not start a decoder.
+    assert not vp9_packet_keyframe(build_vp9_descriptor(7, keyframe=True, start=True, end=False, sid=1) + key[:40])
+    # Without layer indices the stream has one layer: B and P alone decide.
+    assert vp9_packet_keyframe(bytes([0x88]) + key[:40]) and not vp9_packet_keyframe(bytes([0xC8]) + key[:40])
+    assert vp9_descriptor(bytes([0xA8, 0x80])) == (0, 0), "cut short"
+
+
+def test_vp9_frame_starts_and_ends() -> None:
+    start = build_vp9_descriptor(1, keyframe=False, start=True, end=False)
+    end = build_vp9_descriptor(1, keyframe=False, start=False, end=True)
+    assert vp9_frame_start(start) and not vp9_frame_start(end)
+    assert not vp9_frame_start(build_vp9_descriptor(1, keyframe=False, start=True, end=False, sid=1))
+    assert vp9_frame_end(bytes([0x84])) and not vp9_frame_end(bytes([0x80]))
+    assert not vp9_frame_end(end), "with L only the marker ends"
+
+
+def test_vp9_picture_strips_descriptors_and_joins_spatial_layers_in_a_superframe() -> None:
+    key, delta = encode_vp9(320, 240, 2)
+    base = packetize_vp9(key, 3, keyframe=True, size=(320, 240))
+    assert vp9_picture(base) == key
+    upper = packetize_vp9(delta, 3, keyframe=True, sid=1)
+    picture = vp9_picture(base + upper)
+    assert picture.startswith(key + delta) and vp9_keyframe(picture)
+    index = picture[len(key) + len(delta):]
+    width = (index[0] >> 3 & 3) + 1
+    assert index[0] == index[-1] and index[0] & 0xE7 == 0xC1 and len(index) == 2 + 2 * width
+    assert [int.from_bytes(index[1 + i * width:1 + (i + 1) * width], "little") for i in range(2)] == [
+        len(key), len(delta)]
+
+
+@pytest.mark.parametrize("width,height", [(160, 120), (642, 362)])
+def test_av1_keyframe_and_size_from_the_sequence_header(width: int, height: int) -> None:
+    key, *deltas = encode_av1(width, height, 3)
+    assert [kind for kind, _ in av1_obus(key)][:2] == [AV1_TEMPORAL_DELIMITER, AV1_SEQUENCE_HEADER]
+    assert av1_keyframe(key) and av1_size(key) == (width, height) and video_size("AV1", key) == (width, height)
+    assert deltas and not any(av1_keyframe(d) for d in deltas)
+    assert all(av1_size(d) is None for d in deltas) and av1_size(key[:6]) is None
+
+
+@pytest.mark.parametrize("mtu", [300, 1100, 100_000])
+@pytest.mark.parametrize("counted", [True, False])
+def test_av1_temporal_units_come_back_from_their_packets_without_temporal_delimiters(mtu: int, counted: bool) -> None:
+    frames = encode_av1(160, 120, 2)
+    for n, frame in enumerate(frames):
+        packets = packetize_av1(frame, keyframe=n == 0, mtu=mtu, counted=counted)
+        assert {p[0] >> 4 & 3 for p in packets} <= ({1, 2} if counted else {0})
+        unit = av1_temporal_unit(packets)
+        assert unit == b"".join(obu for kind, obu in av1_obus(frame) if kind != AV1_TEMPORAL_DELIMITER)
+        assert [av1_packet_keyframe(p) for p in packets] == [n == 0] + [False] * (len(packets) - 1)
+    key_packets = packetize_av1(frames[0], keyframe=True, mtu=300)
+    # A temporal unit whose first packet was lost keeps only the OBUs that start in what arrived.
+    partial = av1_temporal_unit(key_packets[1:])
+    assert not av1_keyframe(partial)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
@@ -19,6 +20,8 @@ from pylibsrtp import Policy, Session
 from relay.media.aiortc_patch import SendPath
 from relay.media.forwarder import URI_ABS_SEND_TIME, URI_MID, Forwarder, Output, State
 from relay.media.meter import RateMeter
+
+from .samples import encode_av1, encode_vp9, packetize_av1, packetize_vp9
 
 VP8_KEY = bytes([0x10, 0x00]) + bytes(100)  # S=1, PID 0; VP8 header P bit clear
 VP8_DELTA_START = bytes([0x10, 0x01]) + bytes(100)  # P bit set
@@ -197,3 +200,32 @@ async def test_viewers_waiting_for_an_unanswered_keyframe_start_from_the_cache()
     await asyncio.sleep(0.05)
     assert out.state is State.LIVE and not fw.waiting()
     assert [p.payload for p in viewer.packets()] == [VP8_KEY, VP8_DELTA_START]
+
+
+def vp9_packets() -> tuple[list[bytes], list[bytes]]:
+    key, delta = encode_vp9(160, 120, 2)
+    return (packetize_vp9(key, 1, keyframe=True, size=(160, 120), mtu=400),
+            packetize_vp9(delta, 2, keyframe=False, mtu=400))
+
+
+def av1_packets() -> tuple[list[bytes], list[bytes]]:
+    key, delta = encode_av1(160, 120, 2)
+    return packetize_av1(key, keyframe=True, mtu=400), packetize_av1(delta, keyframe=False, mtu=400)
+
+
+@pytest.mark.parametrize("codec,packets", [("VP9", vp9_packets), ("AV1", av1_packets)])
+async def test_a_viewer_waits_for_the_first_packet_of_a_keyframe(
+        codec: str, packets: Callable[[], tuple[list[bytes], list[bytes]]]) -> None:
+    key_packets, delta_packets = packets()
+    rec = Recorder()
+    fw = rec.forwarder()
+    fw.attach(codec)
+    viewer = Viewer({URI_MID: 1})
+    out = join(fw, viewer)
+    for seq, payload in enumerate(key_packets[1:] + delta_packets):  # joined after the keyframe began
+        fw.on_packet(seq, 0 if seq < len(key_packets) - 1 else 3000, 0, payload)
+    assert out.state is State.WAITING and not viewer.sent and rec.keyframes == 0
+    for seq, payload in enumerate(key_packets, start=100):
+        fw.on_packet(seq, 6000, int(seq == 99 + len(key_packets)), payload)
+    assert rec.keyframes == 1 and out.state is State.LIVE
+    assert [p.payload for p in viewer.packets()] == key_packets

@@ -12,11 +12,14 @@ import av
 import pytest
 
 from relay.media import writer
+from relay.media.assembler import EncodedFrame, VideoAssembler
 from relay.media.fanout import FanOut, MediaFrame
 from relay.media.recorder import Recorder
 from relay.media.writer import FileSpec, MediaWriter, OutputFile, Queued
+from relay.sdp import FFMPEG_CODECS
 
 from ..conftest import files, poll_until
+from .samples import av1_stream, encode_av1, encode_vp9, vp9_stream
 
 
 def vp8_frame(n: int, keyframe: bool) -> MediaFrame:
@@ -90,3 +93,40 @@ def test_the_writer_anchors_on_arrival_keeps_tracks_monotonic_and_survives_a_bad
     times = [float(p.pts * p.time_base) for p in packets]
     assert abs(times[0] - 0.5) < 0.002 and abs(times[-1] - (0.5 + 29 / 30)) < 0.002, times
     assert media.bytes_written == sum(p.size for p in packets)
+
+
+PACKETIZED = {
+    "VP9": lambda: vp9_stream(encode_vp9(160, 120, 30), (160, 120), flexible=True),
+    "AV1": lambda: av1_stream(encode_av1(160, 120, 30)),
+}
+
+
+@pytest.mark.parametrize("codec", ["VP9", "AV1"])
+async def test_rtp_packets_of_a_forwarded_only_codec_are_recorded_to_webm(tmp_path: Path, codec: str) -> None:
+    """Packets as a browser sends them, assembled as the tap does, make a WebM that decodes at its size and length."""
+    stream = SimpleNamespace(name="cam", tracks={"video": SimpleNamespace(codec=codec)},
+                             fanouts={"video": FanOut("video"), "audio": FanOut("audio")},
+                             request_keyframe=lambda reason: None)
+    recorder = Recorder(stream, tmp_path)  # type: ignore[arg-type]
+    recorder.start()
+    tb = Fraction(1, 90000)
+
+    def push(frame: EncodedFrame) -> None:
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = frame.timestamp
+        packet.time_base = tb
+        stream.fanouts["video"].push(MediaFrame(packet, frame.keyframe, len(frame.data)))
+
+    assembler = VideoAssembler(codec, push, lambda: None)
+    for packet in PACKETIZED[codec]():
+        assembler.add(packet)
+    recorder.stop()
+    assert await asyncio.to_thread(recorder.join, 10)
+    (path,) = files(tmp_path, "cam")
+    assert path.suffix == ".webm"
+    with av.open(str(path)) as container:
+        (video,) = container.streams
+        assert FFMPEG_CODECS[video.codec_context.name] == codec
+        assert container.duration is not None and abs(container.duration / 1e6 - 30 / 30) < 0.05
+        decoded = list(container.decode(video))
+    assert len(decoded) == 30 and (decoded[0].width, decoded[0].height) == (160, 120)

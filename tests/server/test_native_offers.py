@@ -17,6 +17,7 @@ from relay.client.testpattern import TestPatternTrack, ToneTrack
 from relay.sdp import capabilities
 
 from ..conftest import RunningRelay, assert_problem, first_stamp, make_offer, request
+from ..test_sdp import chromium_offer
 
 OFFERS = Path(__file__).resolve().parents[1] / "offers"
 
@@ -149,6 +150,20 @@ async def test_h264_without_packetization_mode_1_is_refused_clearly(relay: Runni
     sdp = offer("obs-libdatachannel-publish.sdp").replace("packetization-mode=1", "packetization-mode=0")
     response, body = await request("POST", relay.url("/whip/obs"), sdp, **{"Content-Type": "application/sdp"})
     assert_problem(response, body, 422, "packetization-mode=1", "packetization-mode=0")
+
+
+@pytest.mark.parametrize("first,answered,fmtp", [
+    ([], "96 VP8/90000", None),
+    (["100", "98"], "98 VP9/90000", "98 profile-id=0"),
+    (["45"], "45 AV1/90000", "45 profile=0"),
+])
+async def test_chromium_publishes_vp8_by_default_and_vp9_or_av1_profile_0_when_it_lists_them_first(
+        relay: RunningRelay, first: list[str], answered: str, fmtp: str | None) -> None:
+    """Chromium lists VP8, H.264, AV1, then VP9 profiles 0 and 2; the m= line's order is its preference."""
+    video = next(s for s in await answer_to(relay, "/whip/chrome", chromium_offer(first)) if s.startswith("m=video"))
+    assert [line for line in attribute(video, "rtpmap") if "rtx" not in line] == [answered]
+    if fmtp:
+        assert attribute(video, "fmtp")[0] == fmtp
 
 
 async def test_chromium_simulcast_is_accepted_with_every_layer(relay: RunningRelay) -> None:

@@ -95,9 +95,10 @@ async def test_lost_packets_are_repaired_without_a_keyframe(leg: str) -> None:
 
     "-twice" loses each retransmission too: only a NACK retry brings the last one (aiortc
     alone asks again only at the next gap, and after the last drop there is none); Relay
-    retries toward its publisher, Relay's WhepClient toward Relay. Either way the picture goes on with every frame and nobody asks for a keyframe. (The
-    frame assembler's hole_wait is long here so a busy test machine's slow NACK round trip
-    is not taken for a loss.)
+    retries toward its publisher, Relay's WhepClient toward Relay. Either way the picture
+    goes on with every frame and nobody asks for a keyframe. (The frame assembler's
+    hole_wait is long here so a busy test machine's slow NACK round trip is not taken for
+    a loss.)
     """
     async with relay_with({"forwarding": {"hole_wait": 1.5}}) as relay:
         await repaired_without_a_keyframe(relay, leg)
