@@ -39,6 +39,8 @@ import numpy as np
 
 from relay.client.bot import Bot
 
+from .proc import stop_process
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
 
@@ -71,16 +73,6 @@ def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "relay", *args], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def wait_up(url: str, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -216,12 +208,12 @@ async def run(seconds: float, size: str, latency_size: str, parts: set[str], wor
                 raise RuntimeError(f"the invert bot's output never went live: see {log}")
             direct = await latencies(f"{base}/whep/cam", seconds, lambda frame: frame)
         finally:
-            stop(bot)
+            stop_process(bot)
         results["latency_ms"] = {"bot_output": percentiles(output), "input": percentiles(direct)}
     finally:
         if publisher:
-            stop(publisher)
-        stop(server)
+            stop_process(publisher)
+        stop_process(server)
     return results
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
@@ -63,6 +64,17 @@ def core_busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, in
     busy = after[core][0] - before[core][0]
     total = after[core][1] - before[core][1]
     return busy / total if total else 0.0
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: a blocking child (a server, coturn) is gone after this."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

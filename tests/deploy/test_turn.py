@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench.proc import stop_process
 from relay.client import WhipClient
 from relay.client.testpattern import TestPatternTrack, ToneTrack
 
@@ -58,12 +59,7 @@ def coturn(test_network: None, tmp_path: Path) -> Iterator[subprocess.Popen[byte
         assert udp_listening(TURN_PORT), (tmp_path / "turnserver.log").read_text()[-2000:]
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 

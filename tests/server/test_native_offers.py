@@ -74,23 +74,19 @@ async def test_gstreamer_viewer_gets_audio(relay: RunningRelay) -> None:
     assert attribute(audio, "rtpmap") == ["111 opus/48000/2"] and attribute(audio, "msid")
 
 
-DATA_CHANNEL = """m=application 9 UDP/DTLS/SCTP webrtc-datachannel
-c=IN IP4 0.0.0.0
+# The transport lines of the Chromium fixture, for sections added to it.
+TRANSPORT = """c=IN IP4 0.0.0.0
 a=ice-ufrag:HaZ9
 a=ice-pwd:Dh0z7B8hesP8M1wIvc/mvcZ2
 a=fingerprint:sha-256 4E:F2:C1:04:E0:C4:F4:5C:7C:29:DD:78:C9:DD:3A:9D:57:DA:E2:E4:BF:E4:E2:66:07:50:30:C5:F5:5C:D4:48
 a=setup:actpass
-a=mid:2
+"""
+
+DATA_CHANNEL = "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\n" + TRANSPORT + """a=mid:2
 a=sctp-port:5000
 """
 
-DISABLED_VIDEO = """m=video 0 UDP/TLS/RTP/SAVPF 96
-c=IN IP4 0.0.0.0
-a=ice-ufrag:HaZ9
-a=ice-pwd:Dh0z7B8hesP8M1wIvc/mvcZ2
-a=fingerprint:sha-256 4E:F2:C1:04:E0:C4:F4:5C:7C:29:DD:78:C9:DD:3A:9D:57:DA:E2:E4:BF:E4:E2:66:07:50:30:C5:F5:5C:D4:48
-a=setup:actpass
-a=mid:3
+DISABLED_VIDEO = "m=video 0 UDP/TLS/RTP/SAVPF 96\n" + TRANSPORT + """a=mid:3
 a=sendonly
 a=rtcp-mux
 a=rtpmap:96 VP8/90000
