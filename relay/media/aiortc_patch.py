@@ -406,10 +406,14 @@ def retry_nacks(receiver: RTCRtpReceiver, interval: float = NACK_RETRY_INTERVAL,
 _NTP_UNIX_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 
 
+def ntp_time(unix_time: float) -> int:
+    """The 64-bit NTP timestamp of a `time.time()` value (as RTCP sender reports carry it)."""
+    seconds = int(unix_time)
+    return ((seconds + _NTP_UNIX_OFFSET) << 32) | int((unix_time - seconds) * (1 << 32))
+
+
 def _current_ntp_time() -> int:
-    now = time.time()
-    seconds = int(now)
-    return ((seconds + _NTP_UNIX_OFFSET) << 32) | int((now - seconds) * (1 << 32))
+    return ntp_time(time.time())
 
 
 def _current_ms() -> int:

@@ -28,14 +28,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from relay.media.aiortc_patch import SendPath, srtp_buffer, srtp_context, srtp_length, srtp_protect
+from relay.media.aiortc_patch import SendPath, ntp_time, srtp_buffer, srtp_context, srtp_length, srtp_protect
 from relay.media.bitstream import av1_packet_keyframe, h264_packet_keyframe, vp8_packet_keyframe, vp9_packet_keyframe
 from relay.media.meter import RateMeter
 from relay.media.packet_cache import CachedPacket, PacketCache
 
 _HEADER = struct.Struct("!BBHII0s0s0s")  # a viewer without header extensions
 _MASK32 = 0xFFFFFFFF
-_NTP_UNIX_OFFSET = 2208988800
 URI_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 URI_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
@@ -49,11 +48,6 @@ GOP_MAX_BYTES = 8 * 1024 * 1024
 REPLAY_SLACK = 0.002
 # The largest payload a viewer's buffer takes, with the longest header and SRTP's trailer.
 MAX_PAYLOAD = 4096 - 256
-
-
-def _ntp(unix_time: float) -> int:
-    seconds = int(unix_time)
-    return ((seconds + _NTP_UNIX_OFFSET) << 32) | int((unix_time - seconds) * (1 << 32))
 
 
 def _extension_block(path: SendPath, video: bool) -> tuple[bytes, bytes, bool]:
@@ -131,7 +125,7 @@ class Output:
         self.retransmits = self.errors = 0
 
     def configure(self, path: SendPath) -> None:
-        self.session, self.srtp = path.srtp, srtp_context(path.srtp)
+        self.session, self.srtp = path.srtp, srtp_context(path.srtp)  # the context lives while the session does
         self.sendto, self.addr = path.sendto, path.addr
         self.ssrc, self.pt = path.ssrc, path.payload_type
         self.rtx_ssrc, self.rtx_pt = path.rtx_ssrc, path.rtx_payload_type
@@ -210,10 +204,10 @@ class Output:
             return ntp, (rtp + self.ts_off) & _MASK32
         now = time.time()
         if fw.last_seq >= 0:
-            return _ntp(now), (fw.last_ts + int((now - fw.last_time) * fw.clock_rate) + self.ts_off) & _MASK32
+            return ntp_time(now), (fw.last_ts + int((now - fw.last_time) * fw.clock_rate) + self.ts_off) & _MASK32
         if self.next_ts is not None:  # between publishers: where this viewer's clock would be now
-            return _ntp(now), (self.next_ts + int((now - self.next_time) * fw.clock_rate)) & _MASK32
-        return _ntp(now), 0  # nothing sent yet
+            return ntp_time(now), (self.next_ts + int((now - self.next_time) * fw.clock_rate)) & _MASK32
+        return ntp_time(now), 0  # nothing sent yet
 
     def retransmit(self, seq_out: int) -> None:
         self.forwarder.retransmit(self, seq_out)
@@ -236,7 +230,8 @@ class Forwarder:
         self.clock_rate = clock_rate
         self.codec: str | None = None
         self._video = kind == "video"
-        self._h264 = self._vp9 = self._av1 = False
+        # The keyframe test of the publisher's codec, chosen once by attach() (VP8 until then).
+        self._is_keyframe_start: Callable[[bytes, int], bool] = lambda payload, ts: vp8_packet_keyframe(payload)
         self._meter_out = meter_out
         self._request_keyframe = request_keyframe
         self._answers = answers_keyframe_requests
@@ -261,9 +256,12 @@ class Forwarder:
     def attach(self, codec: str) -> None:
         """A publisher sends this kind as `codec`; its outputs wait for its first start point."""
         self.codec = codec
-        self._h264 = codec.lower() == "h264"
-        self._vp9 = codec.lower() == "vp9"
-        self._av1 = codec.lower() == "av1"
+        tests: dict[str, Callable[[bytes, int], bool]] = {
+            "h264": self._h264_keyframe_start,
+            "vp9": lambda payload, ts: vp9_packet_keyframe(payload),
+            "av1": lambda payload, ts: av1_packet_keyframe(payload),
+        }
+        self._is_keyframe_start = tests.get(codec.lower(), lambda payload, ts: vp8_packet_keyframe(payload))
 
     def detach(self) -> None:
         """The publisher is gone: outputs keep their numbering and wait for the next one's start."""
@@ -296,7 +294,7 @@ class Forwarder:
         entry = CachedPacket(seq, ts, marker, payload)
         if self._video:
             self.cache.put(entry)
-            if self._keyframe_start(payload, ts):
+            if self._is_keyframe_start(payload, ts):
                 self._keyframe(entry, now)
             elif self._gop:
                 self._keep(entry)
@@ -330,13 +328,7 @@ class Forwarder:
             for out in tuple(self._replaying):
                 self._schedule(out, entry, entry.ts)
 
-    def _keyframe_start(self, payload: bytes, ts: int) -> bool:
-        if self._vp9:
-            return vp9_packet_keyframe(payload)
-        if self._av1:
-            return av1_packet_keyframe(payload)
-        if not self._h264:
-            return vp8_packet_keyframe(payload)
+    def _h264_keyframe_start(self, payload: bytes, ts: int) -> bool:
         kind = h264_packet_keyframe(payload)
         # An IDR starts the keyframe only if no SPS came before it in the same frame.
         return kind == 2 or (kind == 1 and ts != self._prev_ts)
